@@ -1,0 +1,472 @@
+/* The wahook command line: serve, check, sign, events, init and version. */
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <h2o/version.h>
+
+#include "wahook/auth.h"
+#include "wahook/common.h"
+#include "wahook/config.h"
+#include "wahook/log.h"
+#include "wahook/server.h"
+#include "wahook/store.h"
+
+#define WH__DEFAULT_CONF "conf/wahook.conf"
+#define WH__DEFAULT_ENV ".env"
+
+typedef struct wh__opts {
+    const char *conf;
+    const char *env_file;
+    int env_file_explicit;
+    const char *secret_file;
+    const char *input;
+    int64_t since;
+    int limit;
+    int json;
+    int help;
+} wh__opts_t;
+
+typedef struct wh__command {
+    const char *name;
+    const char *usage;
+    const char *summary;
+    int (*run)(wh__opts_t *o);
+} wh__command_t;
+
+static const char wh__common_opts[] =
+    "  -c, --config FILE   configuration file (default " WH__DEFAULT_CONF ")\n"
+    "      --env-file FILE dotenv file read before the config (default " WH__DEFAULT_ENV
+    " when present)\n"
+    "  -h, --help          this help\n";
+
+static int wh__load_env(wh__opts_t *o)
+{
+    char err[512];
+    if (wh_env_load_file(o->env_file, o->env_file_explicit, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "wahook: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int wh__load_config(wh__opts_t *o, wh_config_t *conf, int validate)
+{
+    char err[1024];
+    if (wh__load_env(o) != 0)
+        return -1;
+    if (wh_config_load(conf, o->conf, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    if (validate && wh_config_validate(conf, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "%s\n", err);
+        wh_config_free(conf);
+        return -1;
+    }
+    return 0;
+}
+
+static int wh__log_level(const char *name)
+{
+    if (name == NULL)
+        return WH_LOG_INFO;
+    if (strcmp(name, "debug") == 0)
+        return WH_LOG_DEBUG;
+    if (strcmp(name, "warn") == 0)
+        return WH_LOG_WARN;
+    if (strcmp(name, "error") == 0)
+        return WH_LOG_ERROR;
+    return WH_LOG_INFO;
+}
+
+static int wh__cmd_serve(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 1) != 0)
+        return 1;
+    wh_log_set_level(wh__log_level(conf.log_level));
+    if (conf.error_log != NULL && wh_log_open(conf.error_log) != WH_OK) {
+        fprintf(stderr, "wahook: cannot open error log %s: %s\n", conf.error_log,
+                strerror(errno));
+        wh_config_free(&conf);
+        return 1;
+    }
+    wh_server_t *s = NULL;
+    char err[1024];
+    int rc = wh_server_create(&s, &conf, err, sizeof(err));
+    if (rc != WH_OK) {
+        wh_log(WH_LOG_ERROR, "cannot start", "{s:s}", "error", err);
+        fprintf(stderr, "wahook: %s\n", err);
+        wh_config_free(&conf);
+        return 1;
+    }
+    rc = wh_server_run(s);
+    wh_server_free(s);
+    wh_config_free(&conf);
+    return rc == WH_OK ? 0 : 1;
+}
+
+static int wh__cmd_check(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 1) != 0)
+        return 1;
+    printf("%s: ok (%zu listener%s, %zu route%s, %s)\n", o->conf, conf.num_listen,
+           conf.num_listen == 1 ? "" : "s", conf.num_routes, conf.num_routes == 1 ? "" : "s",
+           conf.env == WH_ENV_DEVELOPMENT ? "development" : "production");
+    wh_config_free(&conf);
+    return 0;
+}
+
+/* Reads a whole stream into a malloc'd buffer. */
+static char *wh__read_all(FILE *f, size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return NULL;
+    for (;;) {
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (nb == NULL) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+static int wh__cmd_sign(wh__opts_t *o)
+{
+    if (wh__load_env(o) != 0)
+        return 1;
+    char *secret = NULL;
+    size_t secret_len = 0;
+    if (o->secret_file != NULL) {
+        FILE *f = fopen(o->secret_file, "rb");
+        if (f == NULL) {
+            fprintf(stderr, "wahook sign: cannot read %s: %s\n", o->secret_file,
+                    strerror(errno));
+            return 1;
+        }
+        secret = wh__read_all(f, &secret_len);
+        fclose(f);
+        while (secret != NULL && secret_len > 0 &&
+               (secret[secret_len - 1] == '\n' || secret[secret_len - 1] == '\r'))
+            secret_len--;
+    } else {
+        const char *env = getenv("WEBHOOK_SECRET");
+        if (env != NULL)
+            secret = strdup(env), secret_len = strlen(env);
+    }
+    if (secret == NULL || secret_len == 0) {
+        fprintf(stderr, "wahook sign: no secret: set WEBHOOK_SECRET (in the environment or the "
+                        "env file) or pass --secret-file FILE\n");
+        free(secret);
+        return 1;
+    }
+
+    /* Use the prefix of the first webhook route when the config loads; else the default. */
+    char prefix[64] = "sha256=";
+    wh_config_t conf;
+    char err[1024];
+    if (access(o->conf, R_OK) == 0 && wh_config_load(&conf, o->conf, err, sizeof(err)) == WH_OK) {
+        for (size_t i = 0; i < conf.num_routes; i++) {
+            if (conf.routes[i].kind == WH_HANDLER_WEBHOOK &&
+                conf.routes[i].webhook.auth.hmac.prefix != NULL) {
+                snprintf(prefix, sizeof(prefix), "%s", conf.routes[i].webhook.auth.hmac.prefix);
+                break;
+            }
+        }
+        wh_config_free(&conf);
+    }
+
+    FILE *in = stdin;
+    if (o->input != NULL && strcmp(o->input, "-") != 0 && (in = fopen(o->input, "rb")) == NULL) {
+        fprintf(stderr, "wahook sign: cannot read %s: %s\n", o->input, strerror(errno));
+        free(secret);
+        return 1;
+    }
+    size_t len = 0;
+    char *body = wh__read_all(in, &len);
+    if (in != stdin)
+        fclose(in);
+    if (body == NULL) {
+        fprintf(stderr, "wahook sign: cannot read the body\n");
+        free(secret);
+        return 1;
+    }
+    char out[64 + 65];
+    wh_auth_sign(secret, secret_len, prefix, body, len, out);
+    printf("%s\n", out);
+    free(body);
+    free(secret);
+    return 0;
+}
+
+typedef struct wh__events_ctx {
+    int json;
+    int count;
+} wh__events_ctx_t;
+
+static int wh__print_event(const wh_event_row_t *row, void *arg)
+{
+    wh__events_ctx_t *c = arg;
+    c->count++;
+    if (c->json) {
+        json_error_t jerr;
+        json_t *body = json_loads(row->body, JSON_ALLOW_NUL, &jerr);
+        json_t *obj = json_pack("{s:I,s:I,s:s,s:s,s:s,s:s?,s:s,s:o?}", "id",
+                                (json_int_t)row->id, "received_at", (json_int_t)row->received_at,
+                                "instance", row->instance, "event", row->event, "dedup_id",
+                                row->dedup_id, "contact_key", row->contact_key, "status",
+                                row->status, "body", body);
+        char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+        if (text != NULL)
+            printf("%s\n", text);
+        free(text);
+        json_decref(obj);
+        return 0;
+    }
+    time_t secs = (time_t)(row->received_at / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char ts[32];
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("%-8lld %-20s %-16s %-20s %-22s %s\n", (long long)row->id, ts, row->instance,
+           row->event, row->contact_key != NULL ? row->contact_key : "-", row->status);
+    return 0;
+}
+
+static int wh__cmd_events(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 0) != 0)
+        return 1;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/wahook.db", conf.data_dir);
+    wh_config_free(&conf);
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "wahook events: no store at %s (has the server run?)\n", path);
+        return 1;
+    }
+    wh__events_ctx_t c = {.json = o->json};
+    if (!o->json)
+        printf("%-8s %-20s %-16s %-20s %-22s %s\n", "ID", "RECEIVED", "INSTANCE", "EVENT",
+               "CONTACT", "STATUS");
+    char err[512];
+    if (wh_store_events_list(path, o->since, o->limit, wh__print_event, &c, err, sizeof(err)) !=
+        WH_OK) {
+        fprintf(stderr, "wahook events: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+/* Creates the env file with a fresh WEBHOOK_SECRET when none is set, and prints how to point
+ * Evolution API at this server. */
+static int wh__cmd_init(wh__opts_t *o)
+{
+    if (wh__load_env(o) != 0)
+        return 1;
+    const char *secret = getenv("WEBHOOK_SECRET");
+    char generated[64];
+    if (secret == NULL || secret[0] == '\0') {
+        unsigned char raw[32];
+        if (RAND_bytes(raw, sizeof(raw)) != 1) {
+            fprintf(stderr, "wahook init: no randomness available\n");
+            return 1;
+        }
+        wh_base64_encode(raw, sizeof(raw), generated);
+        FILE *f = fopen(o->env_file, "a");
+        if (f == NULL) {
+            fprintf(stderr, "wahook init: cannot write %s: %s\n", o->env_file, strerror(errno));
+            return 1;
+        }
+        fchmod(fileno(f), 0600);
+        fprintf(f, "# generated by wahook init: 32 random bytes, base64\nWEBHOOK_SECRET=%s\n",
+                generated);
+        fclose(f);
+        setenv("WEBHOOK_SECRET", generated, 1);
+        secret = generated;
+        printf("wahook: WEBHOOK_SECRET was not set; generated a new one into %s\n", o->env_file);
+    }
+
+    wh_config_t conf;
+    char err[1024];
+    char url[512] = "http://127.0.0.1:8080/api/whatsapp/webhook";
+    if (wh_config_load(&conf, o->conf, err, sizeof(err)) == WH_OK) {
+        for (size_t i = 0; i < conf.num_routes; i++) {
+            if (conf.routes[i].kind == WH_HANDLER_WEBHOOK && conf.num_listen > 0) {
+                const wh_listen_conf_t *l = &conf.listen[0];
+                snprintf(url, sizeof(url), "%s://%s:%u%s",
+                         l->certificate_file != NULL ? "https" : "http",
+                         l->host != NULL ? l->host : "127.0.0.1", (unsigned)l->port,
+                         conf.routes[i].path);
+                break;
+            }
+        }
+        wh_config_free(&conf);
+    }
+    /* The secret is printed only because the operator must paste it into Evolution once. */
+    printf("\nPoint Evolution API at wahook (POST {EVOLUTION_API_URL}/webhook/set/{instance},\n"
+           "header apikey: <your Evolution API key>) with this body:\n\n"
+           "{\"webhook\":{\"enabled\":true,\"url\":\"%s\",\n"
+           "  \"headers\":{\"x-webhook-token\":\"%s\",\"jwt_key\":\"%s\"},\n"
+           "  \"byEvents\":false,\"base64\":false,\n"
+           "  \"events\":[\"MESSAGES_UPSERT\",\"MESSAGES_UPDATE\",\"MESSAGES_DELETE\","
+           "\"SEND_MESSAGE\",\"CONNECTION_UPDATE\",\"QRCODE_UPDATED\",\"PRESENCE_UPDATE\","
+           "\"CONTACTS_UPSERT\"]}}\n\n"
+           "Send a first signed event:\n\n"
+           "  body='{\"event\":\"connection.update\",\"instance\":\"demo\",\"data\":{\"state\":"
+           "\"open\"}}'\n"
+           "  curl -sS -H 'content-type: application/json' \\\n"
+           "       -H \"x-webhook-signature: $(printf '%%s' \"$body\" | build/wahook sign -)\" \\\n"
+           "       --data-binary \"$body\" %s\n\n",
+           url, secret, secret, url);
+    return 0;
+}
+
+static int wh__cmd_version(wh__opts_t *o)
+{
+    printf("wahook %s (libh2o %s, %s, SQLite %s, jansson %s)\n", WH_VERSION, H2O_VERSION,
+           "Lua 5.4", sqlite3_libversion(), JANSSON_VERSION);
+    return 0;
+}
+
+static const wh__command_t wh__commands[] = {
+    {"serve", "serve [-c FILE] [--env-file FILE]", "run the server until SIGTERM/SIGINT",
+     wh__cmd_serve},
+    {"check", "check [-c FILE] [--env-file FILE]",
+     "validate the configuration; exit 0, or 1 with file:line:column errors", wh__cmd_check},
+    {"sign", "sign [-c FILE] [--env-file FILE] [--secret-file F] [FILE|-]",
+     "print the x-webhook-signature value (sha256=<hex>) of a body read from FILE or stdin,\n"
+     "  signed with WEBHOOK_SECRET or the content of --secret-file (never a secret in argv)",
+     wh__cmd_sign},
+    {"events", "events [list] [-c FILE] [--env-file FILE] [--since ID] [--limit N] [--json]",
+     "list stored events, oldest first (apikey values are redacted in storage)",
+     wh__cmd_events},
+    {"init", "init [-c FILE] [--env-file FILE]",
+     "generate WEBHOOK_SECRET into the env file when unset, and print the Evolution API\n"
+     "  webhook body and a signed curl example",
+     wh__cmd_init},
+    {"version", "version", "print the version", wh__cmd_version},
+};
+
+static void wh__usage(FILE *f)
+{
+    fprintf(f, "usage: wahook COMMAND [OPTIONS]\n\nWhatsApp webhook runtime for Evolution API.\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < WH_ARRAY_SIZE(wh__commands); i++)
+        fprintf(f, "  %-8s %s\n", wh__commands[i].name, wh__commands[i].summary);
+    fprintf(f, "\nRun 'wahook COMMAND --help' for the options of a command.\n");
+}
+
+static void wh__command_usage(FILE *f, const wh__command_t *c)
+{
+    fprintf(f, "usage: wahook %s\n\n  %s\n\noptions:\n%s", c->usage, c->summary, wh__common_opts);
+    if (strcmp(c->name, "events") == 0)
+        fprintf(f, "      --since ID      only events with a larger id\n"
+                   "      --limit N       at most N events (default 100)\n"
+                   "      --json          one JSON object per line\n");
+    if (strcmp(c->name, "sign") == 0)
+        fprintf(f, "      --secret-file F read the secret from F (trailing newline dropped)\n");
+}
+
+static int wh__parse_args(const wh__command_t *c, int argc, char **argv, wh__opts_t *o)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+#define WH__NEED_ARG                                                                           \
+    do {                                                                                       \
+        if (next == NULL) {                                                                    \
+            fprintf(stderr, "wahook %s: %s needs a value\n", c->name, a);                      \
+            return -1;                                                                         \
+        }                                                                                      \
+        i++;                                                                                   \
+    } while (0)
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            o->help = 1;
+        } else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            WH__NEED_ARG;
+            o->conf = next;
+        } else if (strcmp(a, "--env-file") == 0) {
+            WH__NEED_ARG;
+            o->env_file = next;
+            o->env_file_explicit = 1;
+        } else if (strcmp(c->name, "sign") == 0 && strcmp(a, "--secret-file") == 0) {
+            WH__NEED_ARG;
+            o->secret_file = next;
+        } else if (strcmp(c->name, "events") == 0 && strcmp(a, "--since") == 0) {
+            WH__NEED_ARG;
+            o->since = strtoll(next, NULL, 10);
+        } else if (strcmp(c->name, "events") == 0 && strcmp(a, "--limit") == 0) {
+            WH__NEED_ARG;
+            o->limit = atoi(next);
+            if (o->limit <= 0) {
+                fprintf(stderr, "wahook events: --limit takes a positive number\n");
+                return -1;
+            }
+        } else if (strcmp(c->name, "events") == 0 && strcmp(a, "--json") == 0) {
+            o->json = 1;
+        } else if (strcmp(c->name, "events") == 0 && strcmp(a, "list") == 0 && i == 0) {
+            /* the default subcommand */
+        } else if (strcmp(c->name, "sign") == 0 && o->input == NULL &&
+                   (a[0] != '-' || strcmp(a, "-") == 0)) {
+            o->input = a;
+        } else {
+            fprintf(stderr, "wahook %s: unknown argument '%s' (see wahook %s --help)\n", c->name,
+                    a, c->name);
+            return -1;
+        }
+#undef WH__NEED_ARG
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        wh__usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0)
+        argv[1] = "version";
+    for (size_t i = 0; i < WH_ARRAY_SIZE(wh__commands); i++) {
+        const wh__command_t *c = &wh__commands[i];
+        if (strcmp(argv[1], c->name) != 0)
+            continue;
+        wh__opts_t o = {.conf = WH__DEFAULT_CONF, .env_file = WH__DEFAULT_ENV, .limit = 100};
+        if (wh__parse_args(c, argc - 2, argv + 2, &o) != 0)
+            return 2;
+        if (o.help) {
+            wh__command_usage(stdout, c);
+            return 0;
+        }
+        return c->run(&o);
+    }
+    fprintf(stderr, "wahook: unknown command '%s'\n\n", argv[1]);
+    wh__usage(stderr);
+    return 2;
+}

@@ -1,0 +1,1196 @@
+/* The HTTP server: loop threads on libh2o serving the webhook route (checks, authentication,
+ * envelope, deferred answer after the group commit), health endpoints and the admin listener,
+ * with signal-driven graceful shutdown. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <h2o.h>
+#include <h2o/multithread.h>
+
+#include "wahook/auth.h"
+#include "wahook/cidr.h"
+#include "wahook/common.h"
+#include "wahook/config.h"
+#include "wahook/envelope.h"
+#include "wahook/log.h"
+#include "wahook/ratelimit.h"
+#include "wahook/server.h"
+#include "wahook/store.h"
+
+#define WH__PARSE_THREADS 2
+#define WH__RATELIMIT_KEYS 65536
+#define WH__FLUSH_GRACE 0.2 /* seconds the loop keeps running after the last answer */
+
+typedef struct wh__route {
+    const wh_route_conf_t *conf;
+    size_t index;
+    size_t path_len;
+    wh_cidr_list_t *allow;
+    wh_cidr_list_t *trusted;
+    wh_ratelimit_t *ip_limit;       /* unauthenticated or failing requests per client IP */
+    wh_ratelimit_t *instance_limit; /* authenticated requests per instance */
+} wh__route_t;
+
+typedef struct wh__host_handler {
+    h2o_handler_t super;
+    wh_server_t *server;
+    const char *host; /* config host name; NULL on the admin listener */
+} wh__host_handler_t;
+
+struct wh__thread;
+
+typedef struct wh__listener {
+    h2o_socket_t *sock;
+    h2o_accept_ctx_t accept_ctx;
+    struct wh__thread *thread;
+} wh__listener_t;
+
+typedef struct wh__thread {
+    wh_server_t *server;
+    size_t index;
+    pthread_t tid;
+    h2o_evloop_t *loop;
+    h2o_context_t ctx;
+    h2o_context_t admin_ctx;
+    int has_admin;
+    wh__listener_t listeners[WH_MAX_LISTENERS + 1];
+    size_t num_listeners;
+    h2o_multithread_queue_t *queue;
+    h2o_multithread_receiver_t done_receiver;    /* completions of deferred requests */
+    h2o_multithread_receiver_t control_receiver; /* shutdown request */
+    h2o_timeout_t commit_timeouts[WH_MAX_ROUTES];
+    size_t inflight;
+    int stopping;
+} wh__thread_t;
+
+typedef enum { WH__JOB_STORED = 1, WH__JOB_REPLY = 2 } wh__job_kind_t;
+
+typedef struct wh__guard {
+    struct wh__job *job;
+} wh__guard_t;
+
+/* One webhook request whose answer waits for another thread (parse pool or store writer). It is
+ * always freed on its owner thread, when its single completion message arrives. */
+typedef struct wh__job {
+    h2o_multithread_message_t super;
+    wh_ingest_t ingest;
+    wh__thread_t *owner;
+    h2o_req_t *req;     /* NULL once answered or when h2o freed the request first */
+    wh__guard_t *guard; /* lives in the request pool */
+    h2o_timeout_entry_t timer;
+    const wh__route_t *route;
+    wh_envelope_t env;
+    char *raw; /* copy of the body for off-loop parsing */
+    size_t raw_len;
+    wh_auth_result_t header_auth;
+    char client_ip[INET6_ADDRSTRLEN];
+    wh__job_kind_t kind;
+    int reply_status;
+    const char *reply_error;
+    int retry_after;
+    int store_status;
+    int64_t id;
+    int duplicate;
+    struct wh__job *next_parse;
+} wh__job_t;
+
+struct wh_server {
+    wh_config_t *conf;
+    h2o_globalconf_t globalconf;
+    h2o_globalconf_t adminconf;
+    int has_admin;
+    wh_store_t *store;
+    char db_path[PATH_MAX];
+    wh__route_t routes[WH_MAX_ROUTES];
+    size_t num_routes;
+    int listen_fds[WH_MAX_LISTENERS];
+    SSL_CTX *ssl_ctx[WH_MAX_LISTENERS];
+    size_t num_listen_fds;
+    int admin_fd;
+    wh__thread_t *threads;
+    size_t num_threads;
+    atomic_int shutting_down;
+    int access_fd;
+    /* off-loop parsing of large bodies */
+    pthread_t parse_tids[WH__PARSE_THREADS];
+    int parse_started;
+    pthread_mutex_t parse_mutex;
+    pthread_cond_t parse_cond;
+    wh__job_t *parse_head, *parse_tail;
+    int parse_stop;
+};
+
+/* ---- responses ------------------------------------------------------------------------- */
+
+static void wh__access_log(wh_server_t *s, h2o_req_t *req, int status, size_t bytes)
+{
+    if (s->access_fd < 0)
+        return;
+    char ip[INET6_ADDRSTRLEN] = "";
+    struct sockaddr_storage ss;
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (sl > 0)
+        wh_client_ip((struct sockaddr *)&ss, NULL, 0, NULL, ip, sizeof(ip));
+    /* The query string is never logged: it may carry hub.verify_token. */
+    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    json_t *line = json_pack("{s:I,s:s,s:s%,s:s%,s:i,s:I}", "ts", (json_int_t)wh_now_ms(),
+                             "remote", ip, "method", req->method.base, req->method.len, "path",
+                             req->path.base, path_len, "status", status, "bytes",
+                             (json_int_t)bytes);
+    if (line == NULL)
+        return;
+    char *text = json_dumps(line, JSON_COMPACT);
+    json_decref(line);
+    if (text == NULL)
+        return;
+    size_t n = strlen(text);
+    text[n] = '\n';
+    ssize_t w = write(s->access_fd, text, n + 1);
+    (void)w;
+    free(text);
+}
+
+static void wh__respond(wh_server_t *s, h2o_req_t *req, int status, const char *reason,
+                        const char *content_type, const char *body, size_t len)
+{
+    req->res.status = status;
+    req->res.reason = reason;
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type,
+                   strlen(content_type));
+    if (atomic_load(&s->shutting_down))
+        req->http1_is_persistent = 0;
+    wh__access_log(s, req, status, len);
+    h2o_send_inline(req, body, len);
+}
+
+static const char *wh__reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+/* Answers {"error": msg}; retry_after > 0 adds Retry-After. */
+static void wh__respond_error(wh_server_t *s, h2o_req_t *req, int status, const char *msg,
+                              int retry_after)
+{
+    if (retry_after > 0) {
+        char *ra = h2o_mem_alloc_pool(&req->pool, 16);
+        int n = snprintf(ra, 16, "%d", retry_after);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, ra,
+                       (size_t)n);
+    }
+    json_t *obj = json_pack("{s:s}", "error", msg);
+    char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (text == NULL) {
+        wh__respond(s, req, status, wh__reason(status), "application/json", "{}", 2);
+        return;
+    }
+    wh__respond(s, req, status, wh__reason(status), "application/json", text, strlen(text));
+    free(text);
+}
+
+static void wh__respond_json(wh_server_t *s, h2o_req_t *req, int status, const char *text)
+{
+    wh__respond(s, req, status, wh__reason(status), "application/json", text, strlen(text));
+}
+
+static void wh__respond_method(wh_server_t *s, h2o_req_t *req, const char *allow)
+{
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, allow, strlen(allow));
+    wh__respond_error(s, req, 405, "method not allowed", 0);
+}
+
+/* ---- health ------------------------------------------------------------------------------ */
+
+static void wh__respond_ready(wh_server_t *s, h2o_req_t *req)
+{
+    json_t *reasons = json_array();
+    if (atomic_load(&s->shutting_down))
+        json_array_append_new(reasons, json_string("shutting down"));
+    if (!wh_store_ready(s->store))
+        json_array_append_new(reasons, json_string("store not writable"));
+    int ready = json_array_size(reasons) == 0;
+    json_t *obj = json_pack("{s:s,s:o,s:I}", "status", ready ? "ready" : "not ready", "reasons",
+                            reasons, "queue", (json_int_t)wh_store_queue_depth(s->store));
+    char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (!ready) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+                       H2O_STRLIT("5"));
+    }
+    wh__respond_json(s, req, ready ? 200 : 503, text != NULL ? text : "{}");
+    free(text);
+}
+
+/* Serves /healthz and /readyz; returns 1 when the path was one of them. */
+static int wh__serve_health(wh_server_t *s, h2o_req_t *req, h2o_iovec_t path)
+{
+    int live = h2o_memis(path.base, path.len, H2O_STRLIT("/healthz"));
+    int ready = h2o_memis(path.base, path.len, H2O_STRLIT("/readyz"));
+    if (!live && !ready)
+        return 0;
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
+        !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
+        wh__respond_method(s, req, "GET, HEAD");
+        return 1;
+    }
+    if (live)
+        wh__respond_json(s, req, 200, "{\"status\":\"ok\"}");
+    else
+        wh__respond_ready(s, req);
+    return 1;
+}
+
+/* ---- deferred jobs ------------------------------------------------------------------------ */
+
+static void wh__guard_dispose(void *p)
+{
+    wh__guard_t *g = p;
+    if (g->job != NULL) {
+        g->job->req = NULL;
+        g->job->guard = NULL;
+    }
+}
+
+/* Forgets the request: called when it has been answered. */
+static void wh__job_detach(wh__job_t *j)
+{
+    if (j->guard != NULL)
+        j->guard->job = NULL;
+    j->guard = NULL;
+    j->req = NULL;
+    if (h2o_timeout_is_linked(&j->timer))
+        h2o_timeout_unlink(&j->timer);
+}
+
+static void wh__job_free(wh__job_t *j)
+{
+    wh_envelope_clear(&j->env);
+    free(j->raw);
+    free(j);
+}
+
+static void wh__job_answer(wh__job_t *j)
+{
+    wh_server_t *s = j->owner->server;
+    h2o_req_t *req = j->req;
+    if (req == NULL)
+        return;
+    wh__job_detach(j);
+    if (j->kind == WH__JOB_REPLY) {
+        wh__respond_error(s, req, j->reply_status, j->reply_error, j->retry_after);
+        return;
+    }
+    if (j->store_status != WH_OK) {
+        wh__respond_error(s, req, 503,
+                          j->store_status == WH_EFULL ? "store full" : "store unavailable", 5);
+        return;
+    }
+    char text[96];
+    snprintf(text, sizeof(text), "{\"status\":\"%s\",\"id\":%lld}",
+             j->duplicate ? "duplicate" : "accepted", (long long)j->id);
+    wh__respond_json(s, req, 200, text);
+}
+
+static void wh__on_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    wh__thread_t *t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, done_receiver, receiver);
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *m =
+            H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&m->link);
+        wh__job_t *j = H2O_STRUCT_FROM_MEMBER(wh__job_t, super, m);
+        wh__job_answer(j);
+        wh__job_free(j);
+        t->inflight--;
+    }
+}
+
+/* Sends the job's single completion message to its owner. Any thread. */
+static void wh__job_complete(wh__job_t *j)
+{
+    memset(&j->super, 0, sizeof(j->super));
+    h2o_multithread_send_message(&j->owner->done_receiver, &j->super);
+}
+
+/* Store writer thread: the event's transaction ended. */
+static void wh__on_stored(wh_ingest_t *ingest, int status, int64_t id, int duplicate)
+{
+    wh__job_t *j = H2O_STRUCT_FROM_MEMBER(wh__job_t, ingest, ingest);
+    j->kind = WH__JOB_STORED;
+    j->store_status = status;
+    j->id = id;
+    j->duplicate = duplicate;
+    wh__job_complete(j);
+}
+
+static void wh__on_commit_timeout(h2o_timeout_entry_t *entry)
+{
+    wh__job_t *j = H2O_STRUCT_FROM_MEMBER(wh__job_t, timer, entry);
+    h2o_req_t *req = j->req;
+    if (req == NULL)
+        return;
+    wh__job_detach(j);
+    wh_log(WH_LOG_WARN, "commit timed out", "{s:s,s:s}", "event", j->env.event ? j->env.event : "",
+           "instance", j->env.instance ? j->env.instance : "");
+    /* The job stays alive until the store reports; the event may still commit, and Evolution's
+     * retry will then be answered as a duplicate. */
+    wh__respond_error(j->owner->server, req, 503, "store did not commit in time", 5);
+}
+
+static void wh__set_reply(wh__job_t *j, int status, const char *msg, int retry_after)
+{
+    j->kind = WH__JOB_REPLY;
+    j->reply_status = status;
+    j->reply_error = msg;
+    j->retry_after = retry_after;
+}
+
+/* Charges one failing or unauthenticated request to the client's IP budget. */
+static void wh__charge_ip(const wh__route_t *r, const char *ip)
+{
+    int ra;
+    wh_ratelimit_take(r->ip_limit, ip, strlen(ip), wh_mono_now(), &ra);
+}
+
+/* Everything after the envelope is parsed: body authentication, the instance limit, and the
+ * submission to the store. Any thread. Returns 1 when submitted (the store will report), 0 when
+ * a reply was set on the job. */
+static int wh__job_after_parse(wh_server_t *s, wh__job_t *j)
+{
+    const wh__route_t *r = j->route;
+    const wh_webhook_conf_t *wc = &r->conf->webhook;
+    wh_auth_result_t body_auth = wh_auth_apikey_check(&wc->auth, j->env.apikey);
+    if (body_auth == WH_AUTH_FAIL) {
+        wh__charge_ip(r, j->client_ip);
+        wh_log(WH_LOG_INFO, "authentication failed", "{s:s,s:s}", "ip", j->client_ip, "method",
+               "apikey");
+        wh__set_reply(j, 401, "invalid signature", 0);
+        return 0;
+    }
+    int authenticated = j->header_auth == WH_AUTH_PASS || body_auth == WH_AUTH_PASS;
+    if (!authenticated) {
+        wh__charge_ip(r, j->client_ip);
+        if (s->conf->env != WH_ENV_DEVELOPMENT) {
+            wh_log(WH_LOG_INFO, "authentication missing", "{s:s}", "ip", j->client_ip);
+            wh__set_reply(j, 401, "invalid signature", 0);
+            return 0;
+        }
+    } else {
+        int ra = 0;
+        const char *inst = j->env.instance;
+        if (!wh_ratelimit_take(r->instance_limit, inst, strlen(inst), wh_mono_now(), &ra)) {
+            wh__set_reply(j, 429, "rate limited", ra);
+            return 0;
+        }
+    }
+
+    j->ingest.instance = j->env.instance;
+    j->ingest.event = j->env.event;
+    j->ingest.dedup_id = j->env.dedup_id;
+    j->ingest.phone = j->env.phone;
+    j->ingest.lid = j->env.lid;
+    j->ingest.body = j->env.body;
+    j->ingest.body_len = j->env.body_len;
+    j->ingest.received_at = wh_now_ms();
+    j->ingest.cb = wh__on_stored;
+    int rc = wh_store_submit(s->store, &j->ingest);
+    if (rc == WH_OK)
+        return 1;
+    wh__set_reply(j, 503, rc == WH_EFULL ? "store queue full" : "shutting down", 5);
+    return 0;
+}
+
+/* Parses the body of j (raw or in place) and decides. Returns like wh__job_after_parse. */
+static int wh__job_parse(wh_server_t *s, wh__job_t *j, const char *body, size_t len)
+{
+    char err[128];
+    wh_envelope_opts_t opts = {.keep_media = s->conf->store_keep_media};
+    int rc = wh_envelope_parse(&j->env, body, len, &opts, err, sizeof(err));
+    if (rc == WH_ENOMEM) {
+        wh__set_reply(j, 503, "out of memory", 5);
+        return 0;
+    }
+    if (rc != WH_OK) {
+        /* Without header authentication a malformed body is first of all unauthenticated. */
+        if (j->header_auth != WH_AUTH_PASS) {
+            wh__charge_ip(j->route, j->client_ip);
+            if (s->conf->env != WH_ENV_DEVELOPMENT) {
+                wh__set_reply(j, 401, "invalid signature", 0);
+                return 0;
+            }
+        }
+        char *msg = NULL;
+        /* err is on the stack; keep a copy with a static lifetime for the known messages. */
+        static const char *const known[] = {"malformed JSON", "body is not a JSON object",
+                                            "missing event", "invalid instance"};
+        for (size_t i = 0; i < WH_ARRAY_SIZE(known); i++)
+            if (strcmp(err, known[i]) == 0)
+                msg = (char *)known[i];
+        wh__set_reply(j, 400, msg != NULL ? msg : "malformed JSON", 0);
+        return 0;
+    }
+    return wh__job_after_parse(s, j);
+}
+
+static void *wh__parse_main(void *arg)
+{
+    wh_server_t *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->parse_mutex);
+        while (s->parse_head == NULL && !s->parse_stop)
+            pthread_cond_wait(&s->parse_cond, &s->parse_mutex);
+        wh__job_t *j = s->parse_head;
+        if (j == NULL) {
+            pthread_mutex_unlock(&s->parse_mutex);
+            return NULL;
+        }
+        s->parse_head = j->next_parse;
+        if (s->parse_head == NULL)
+            s->parse_tail = NULL;
+        pthread_mutex_unlock(&s->parse_mutex);
+
+        /* Once submitted, the store may complete and free the job at any moment: take the raw
+         * body out of it first. */
+        char *raw = j->raw;
+        j->raw = NULL;
+        int submitted = wh__job_parse(s, j, raw, j->raw_len);
+        free(raw);
+        if (!submitted)
+            wh__job_complete(j);
+    }
+}
+
+static void wh__parse_enqueue(wh_server_t *s, wh__job_t *j)
+{
+    pthread_mutex_lock(&s->parse_mutex);
+    j->next_parse = NULL;
+    if (s->parse_tail != NULL)
+        s->parse_tail->next_parse = j;
+    else
+        s->parse_head = j;
+    s->parse_tail = j;
+    pthread_cond_signal(&s->parse_cond);
+    pthread_mutex_unlock(&s->parse_mutex);
+}
+
+/* ---- the webhook route --------------------------------------------------------------------- */
+
+static h2o_iovec_t wh__header(h2o_req_t *req, const h2o_token_t *token)
+{
+    ssize_t i = h2o_find_header(&req->headers, token, -1);
+    if (i < 0)
+        return h2o_iovec_init(NULL, 0);
+    return req->headers.entries[i].value;
+}
+
+static h2o_iovec_t wh__header_str(h2o_req_t *req, const char *name)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
+    if (i < 0)
+        return h2o_iovec_init(NULL, 0);
+    return req->headers.entries[i].value;
+}
+
+/* All X-Forwarded-For headers joined by ", " (in the request pool). */
+static h2o_iovec_t wh__forwarded_for(h2o_req_t *req)
+{
+    h2o_iovec_t out = h2o_iovec_init(NULL, 0);
+    for (ssize_t i = -1; (i = h2o_find_header(&req->headers, H2O_TOKEN_X_FORWARDED_FOR, i)) >= 0;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (out.base == NULL) {
+            out = v;
+            continue;
+        }
+        out = h2o_concat(&req->pool, out, h2o_iovec_init(H2O_STRLIT(", ")), v);
+    }
+    return out;
+}
+
+static int wh__is_json_content_type(h2o_iovec_t ct)
+{
+    if (ct.base == NULL)
+        return 0;
+    size_t n = 0;
+    while (n < ct.len && ct.base[n] != ';')
+        n++;
+    while (n > 0 && (ct.base[n - 1] == ' ' || ct.base[n - 1] == '\t'))
+        n--;
+    size_t start = 0;
+    while (start < n && (ct.base[start] == ' ' || ct.base[start] == '\t'))
+        start++;
+    const char *p = ct.base + start;
+    size_t len = n - start;
+    if (h2o_lcstris(p, len, H2O_STRLIT("application/json")))
+        return 1;
+    /* application/<something>+json */
+    return len > 17 && h2o_lcstris(p, 12, H2O_STRLIT("application/")) &&
+           h2o_lcstris(p + len - 5, 5, H2O_STRLIT("+json"));
+}
+
+static int wh__hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Finds query parameter name and percent-decodes it into the pool. Returns 1 when present. */
+static int wh__query_param(h2o_req_t *req, const char *name, h2o_iovec_t *out)
+{
+    if (req->query_at == SIZE_MAX)
+        return 0;
+    const char *q = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        if (amp == NULL)
+            amp = end;
+        const char *eq = memchr(q, '=', (size_t)(amp - q));
+        const char *kend = eq != NULL ? eq : amp;
+        if ((size_t)(kend - q) == nlen && memcmp(q, name, nlen) == 0) {
+            const char *v = eq != NULL ? eq + 1 : amp;
+            size_t vlen = (size_t)(amp - v);
+            char *buf = h2o_mem_alloc_pool(&req->pool, vlen + 1);
+            size_t o = 0;
+            for (size_t i = 0; i < vlen; i++) {
+                if (v[i] == '%' && i + 2 < vlen && wh__hexval(v[i + 1]) >= 0 &&
+                    wh__hexval(v[i + 2]) >= 0) {
+                    buf[o++] = (char)(wh__hexval(v[i + 1]) * 16 + wh__hexval(v[i + 2]));
+                    i += 2;
+                } else if (v[i] == '+') {
+                    buf[o++] = ' ';
+                } else {
+                    buf[o++] = v[i];
+                }
+            }
+            buf[o] = '\0';
+            *out = h2o_iovec_init(buf, o);
+            return 1;
+        }
+        q = amp + 1;
+    }
+    return 0;
+}
+
+static void wh__serve_handshake(wh_server_t *s, const wh__route_t *r, h2o_req_t *req)
+{
+    const char *expected = r->conf->webhook.verify_token;
+    h2o_iovec_t mode, token, challenge;
+    int has_mode = wh__query_param(req, "hub.mode", &mode);
+    int ok = wh__query_param(req, "hub.verify_token", &token) &&
+             wh__query_param(req, "hub.challenge", &challenge);
+    if (ok && has_mode && !h2o_memis(mode.base, mode.len, H2O_STRLIT("subscribe")))
+        ok = 0;
+    if (ok && !wh_ct_equal(token.base, token.len, expected, strlen(expected)))
+        ok = 0;
+    if (!ok) {
+        wh__respond_error(s, req, 403, "forbidden", 0);
+        return;
+    }
+    wh__respond(s, req, 200, "OK", "text/plain; charset=utf-8", challenge.base, challenge.len);
+}
+
+static void wh__serve_webhook(wh_server_t *s, wh__thread_t *t, const wh__route_t *r,
+                              h2o_req_t *req)
+{
+    const wh_webhook_conf_t *wc = &r->conf->webhook;
+    int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+    if (!is_post) {
+        int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+        if (is_get && wc->verify_token != NULL) {
+            wh__serve_handshake(s, r, req);
+            return;
+        }
+        wh__respond_method(s, req, wc->verify_token != NULL ? "POST, GET" : "POST");
+        return;
+    }
+    if (atomic_load(&s->shutting_down) || t->stopping) {
+        wh__respond_error(s, req, 503, "shutting down", 5);
+        return;
+    }
+    if ((int64_t)req->entity.len > s->conf->limit_request_body) {
+        wh__respond_error(s, req, 413, "request body too large", 0);
+        return;
+    }
+    if (!wh__is_json_content_type(wh__header(req, H2O_TOKEN_CONTENT_TYPE))) {
+        wh__respond_error(s, req, 415, "unsupported media type", 0);
+        return;
+    }
+
+    char ip[INET6_ADDRSTRLEN] = "";
+    struct sockaddr_storage ss;
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    h2o_iovec_t xff = wh__forwarded_for(req);
+    if (sl == 0 || wh_client_ip((struct sockaddr *)&ss, xff.base, xff.len, r->trusted, ip,
+                                sizeof(ip)) != WH_OK)
+        strcpy(ip, "unknown");
+    if (wh_cidr_list_size(r->allow) > 0 && !wh_cidr_list_match_str(r->allow, ip, strlen(ip))) {
+        wh__respond_error(s, req, 403, "forbidden", 0);
+        return;
+    }
+    int retry_after = 0;
+    if (!wh_ratelimit_peek(r->ip_limit, ip, strlen(ip), wh_mono_now(), &retry_after)) {
+        wh__respond_error(s, req, 429, "rate limited", retry_after);
+        return;
+    }
+
+    h2o_iovec_t sig = wh__header_str(req, wc->auth.hmac.header);
+    h2o_iovec_t tok = wh__header_str(req, wc->auth.token.header);
+    h2o_iovec_t authz = wh__header(req, H2O_TOKEN_AUTHORIZATION);
+    wh_auth_creds_t creds = {sig.base, sig.len, tok.base, tok.len, authz.base, authz.len};
+    wh_auth_result_t hauth = wh_auth_check_headers(&wc->auth, &creds, req->entity.base,
+                                                   req->entity.len, time(NULL));
+    if (hauth == WH_AUTH_FAIL || (hauth == WH_AUTH_ABSENT && s->conf->env != WH_ENV_DEVELOPMENT &&
+                                  wc->auth.apikey.secrets.n == 0)) {
+        wh__charge_ip(r, ip);
+        wh_log(WH_LOG_INFO, hauth == WH_AUTH_FAIL ? "authentication failed"
+                                                  : "authentication missing",
+               "{s:s}", "ip", ip);
+        wh__respond_error(s, req, 401, "invalid signature", 0);
+        return;
+    }
+
+    wh__job_t *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        wh__respond_error(s, req, 503, "out of memory", 5);
+        return;
+    }
+    j->owner = t;
+    j->route = r;
+    j->header_auth = hauth;
+    memcpy(j->client_ip, ip, sizeof(j->client_ip));
+
+    int deferred;
+    if ((int64_t)req->entity.len > wc->offload_threshold) {
+        /* Large bodies (base64 media) are parsed off the loop so other requests keep flowing;
+         * req->entity points into the connection buffer, so it is copied first. */
+        j->raw = malloc(req->entity.len + 1);
+        if (j->raw == NULL) {
+            free(j);
+            wh__respond_error(s, req, 503, "out of memory", 5);
+            return;
+        }
+        memcpy(j->raw, req->entity.base, req->entity.len);
+        j->raw_len = req->entity.len;
+        deferred = 1;
+    } else {
+        deferred = wh__job_parse(s, j, req->entity.base, req->entity.len);
+        if (!deferred) {
+            wh__respond_error(s, req, j->reply_status, j->reply_error, j->retry_after);
+            wh__job_free(j);
+            return;
+        }
+    }
+
+    j->req = req;
+    j->guard = h2o_mem_alloc_shared(&req->pool, sizeof(*j->guard), wh__guard_dispose);
+    j->guard->job = j;
+    j->timer.cb = wh__on_commit_timeout;
+    h2o_timeout_link(t->loop, &t->commit_timeouts[r->index], &j->timer);
+    t->inflight++;
+    if (j->raw != NULL)
+        wh__parse_enqueue(s, j);
+}
+
+static int wh__on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    wh__host_handler_t *hh = (wh__host_handler_t *)self;
+    wh_server_t *s = hh->server;
+    h2o_context_t *ctx = req->conn->ctx;
+    wh__thread_t *t;
+    if (hh->host == NULL)
+        t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, admin_ctx, ctx);
+    else
+        t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, ctx, ctx);
+    h2o_iovec_t path = req->path_normalized;
+
+    if (wh__serve_health(s, req, path))
+        return 0;
+    if (hh->host == NULL) {
+        wh__respond_error(s, req, 404, "not found", 0);
+        return 0;
+    }
+
+    /* Longest matching route of this host: exact path or path + "/…". */
+    const wh__route_t *best = NULL;
+    for (size_t i = 0; i < s->num_routes; i++) {
+        const wh__route_t *r = &s->routes[i];
+        if (strcmp(r->conf->host, hh->host) != 0)
+            continue;
+        const char *rp = r->conf->path;
+        size_t rl = r->path_len;
+        while (rl > 1 && rp[rl - 1] == '/')
+            rl--;
+        if (path.len < rl || memcmp(path.base, rp, rl) != 0)
+            continue;
+        if (path.len > rl && path.base[rl] != '/' && rl > 1)
+            continue;
+        if (best == NULL || rl > best->path_len)
+            best = r;
+    }
+    if (best == NULL) {
+        wh__respond_error(s, req, 404, "not found", 0);
+        return 0;
+    }
+    if (best->conf->kind == WH_HANDLER_HEALTH) {
+        /* <path> and <path>/readyz answer readiness, <path>/healthz liveness. */
+        size_t rl = best->path_len;
+        while (rl > 1 && best->conf->path[rl - 1] == '/')
+            rl--;
+        h2o_iovec_t rest = h2o_iovec_init(path.base + rl, path.len - rl);
+        if (rest.len == 0 || h2o_memis(rest.base, rest.len, H2O_STRLIT("/")) ||
+            h2o_memis(rest.base, rest.len, H2O_STRLIT("/readyz")))
+            wh__respond_ready(s, req);
+        else if (h2o_memis(rest.base, rest.len, H2O_STRLIT("/healthz")))
+            wh__respond_json(s, req, 200, "{\"status\":\"ok\"}");
+        else
+            wh__respond_error(s, req, 404, "not found", 0);
+        return 0;
+    }
+    wh__serve_webhook(s, t, best, req);
+    return 0;
+}
+
+/* ---- threads -------------------------------------------------------------------------------- */
+
+static void wh__on_accept(h2o_socket_t *listener, const char *err)
+{
+    if (err != NULL)
+        return;
+    wh__listener_t *l = listener->data;
+    /* Accept a few at once; the loop calls back while more are pending. */
+    for (int i = 0; i < 16; i++) {
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (sock == NULL)
+            return;
+        h2o_accept(&l->accept_ctx, sock);
+    }
+}
+
+static void wh__thread_stop_accepting(wh__thread_t *t)
+{
+    for (size_t i = 0; i < t->num_listeners; i++) {
+        if (t->listeners[i].sock == NULL)
+            continue;
+        h2o_socket_read_stop(t->listeners[i].sock);
+        h2o_socket_close(t->listeners[i].sock);
+        t->listeners[i].sock = NULL;
+    }
+}
+
+static void wh__on_control(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    wh__thread_t *t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, control_receiver, receiver);
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *m =
+            H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&m->link);
+        free(m);
+    }
+    if (t->stopping)
+        return;
+    t->stopping = 1;
+    wh__thread_stop_accepting(t);
+    h2o_context_request_shutdown(&t->ctx);
+    if (t->has_admin)
+        h2o_context_request_shutdown(&t->admin_ctx);
+}
+
+static void *wh__thread_main(void *arg)
+{
+    wh__thread_t *t = arg;
+    wh_server_t *s = t->server;
+    double deadline = 0, flush_until = 0;
+    for (;;) {
+        h2o_evloop_run(t->loop, 50);
+        if (!t->stopping)
+            continue;
+        double now = wh_mono_now();
+        if (deadline == 0)
+            deadline = now + (double)s->conf->shutdown_timeout_ms / 1000.0;
+        if (t->inflight > 0 && now < deadline) {
+            flush_until = 0;
+            continue;
+        }
+        if (flush_until == 0)
+            flush_until = now + WH__FLUSH_GRACE;
+        if (now >= flush_until || now >= deadline)
+            break;
+    }
+    if (t->inflight > 0)
+        wh_log(WH_LOG_WARN, "shutdown deadline passed with requests in flight", "{s:I}",
+               "inflight", (json_int_t)t->inflight);
+    return NULL;
+}
+
+static int wh__thread_init(wh_server_t *s, wh__thread_t *t, size_t index)
+{
+    t->server = s;
+    t->index = index;
+    t->loop = h2o_evloop_create();
+    h2o_context_init(&t->ctx, t->loop, &s->globalconf);
+    t->queue = h2o_multithread_create_queue(t->loop);
+    h2o_multithread_register_receiver(t->queue, &t->done_receiver, wh__on_done);
+    h2o_multithread_register_receiver(t->queue, &t->control_receiver, wh__on_control);
+    for (size_t i = 0; i < s->num_routes; i++) {
+        int64_t ms = s->routes[i].conf->kind == WH_HANDLER_WEBHOOK
+                         ? s->routes[i].conf->webhook.commit_timeout_ms
+                         : 10000;
+        h2o_timeout_init(t->loop, &t->commit_timeouts[i], (uint64_t)ms);
+    }
+    for (size_t i = 0; i < s->num_listen_fds; i++) {
+        int fd = dup(s->listen_fds[i]);
+        if (fd < 0)
+            return WH_EIO;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        wh__listener_t *l = &t->listeners[t->num_listeners++];
+        l->thread = t;
+        l->accept_ctx.ctx = &t->ctx;
+        l->accept_ctx.hosts = s->globalconf.hosts;
+        l->accept_ctx.ssl_ctx = s->ssl_ctx[i];
+        l->sock = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+        l->sock->data = l;
+        h2o_socket_read_start(l->sock, wh__on_accept);
+    }
+    if (s->has_admin && index == 0) {
+        t->has_admin = 1;
+        h2o_context_init(&t->admin_ctx, t->loop, &s->adminconf);
+        int fd = dup(s->admin_fd);
+        if (fd < 0)
+            return WH_EIO;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        wh__listener_t *l = &t->listeners[t->num_listeners++];
+        l->thread = t;
+        l->accept_ctx.ctx = &t->admin_ctx;
+        l->accept_ctx.hosts = s->adminconf.hosts;
+        l->sock = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+        l->sock->data = l;
+        h2o_socket_read_start(l->sock, wh__on_accept);
+    }
+    return WH_OK;
+}
+
+/* ---- setup -------------------------------------------------------------------------------- */
+
+static int wh__bind(const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+    int gai = getaddrinfo(host, portstr, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", host ? host : "*",
+                 gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        int on = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", host ? host : "*", (unsigned)port,
+                 strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0)
+        fcntl(fd, F_SETFL, O_NONBLOCK | fcntl(fd, F_GETFL));
+    return fd;
+}
+
+static SSL_CTX *wh__ssl_ctx(const wh_listen_conf_t *lc, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+    /* No ALPN callback: clients negotiate HTTP/1.1 only (HTTP/2 stays off, see README). */
+    if (SSL_CTX_use_certificate_chain_file(ctx, lc->certificate_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, lc->key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        goto fail;
+    return ctx;
+fail:;
+    char buf[256];
+    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+    snprintf(err, errlen, "TLS setup for port %u failed (%s, %s): %s", (unsigned)lc->port,
+             lc->certificate_file, lc->key_file, buf);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void wh__register_handler(wh_server_t *s, h2o_globalconf_t *gc, const char *host,
+                                 const char *config_host)
+{
+    h2o_hostconf_t *hc = h2o_config_register_host(gc, h2o_iovec_init(host, strlen(host)), 65535);
+    h2o_pathconf_t *pc = h2o_config_register_path(hc, "/", 0);
+    wh__host_handler_t *hh = (wh__host_handler_t *)h2o_create_handler(pc, sizeof(*hh));
+    hh->super.on_req = wh__on_req;
+    hh->server = s;
+    hh->host = config_host;
+}
+
+static void wh__globalconf_init(wh_server_t *s, h2o_globalconf_t *gc)
+{
+    h2o_config_init(gc);
+    gc->server_name = h2o_iovec_init(H2O_STRLIT("wahook"));
+    gc->max_request_entity_size = (size_t)s->conf->limit_request_body;
+    gc->http1.upgrade_to_http2 = s->conf->http2;
+}
+
+int wh_server_create(wh_server_t **out, wh_config_t *conf, char *err, size_t errlen)
+{
+    int rc = WH_ERR;
+    wh_server_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return WH_ENOMEM;
+    s->conf = conf;
+    s->admin_fd = -1;
+    s->access_fd = -1;
+    pthread_mutex_init(&s->parse_mutex, NULL);
+    pthread_cond_init(&s->parse_cond, NULL);
+    for (size_t i = 0; i < WH_MAX_LISTENERS; i++)
+        s->listen_fds[i] = -1;
+
+    /* Routes: compile CIDR lists and rate limiters once. */
+    for (size_t i = 0; i < conf->num_routes; i++) {
+        wh__route_t *r = &s->routes[s->num_routes];
+        r->conf = &conf->routes[i];
+        r->index = s->num_routes;
+        r->path_len = strlen(r->conf->path);
+        s->num_routes++;
+        if (r->conf->kind != WH_HANDLER_WEBHOOK)
+            continue;
+        const wh_webhook_conf_t *wc = &r->conf->webhook;
+        char cerr[256];
+        if (wh_cidr_list_parse(&r->allow, &wc->allow, cerr, sizeof(cerr)) != WH_OK ||
+            wh_cidr_list_parse(&r->trusted, &wc->trusted_proxies, cerr, sizeof(cerr)) != WH_OK) {
+            snprintf(err, errlen, "%s: %s", r->conf->path, cerr);
+            rc = WH_EINVAL;
+            goto fail;
+        }
+        r->ip_limit = wh_ratelimit_new((double)wc->ip_rate_per_min, (double)wc->ip_rate_per_min,
+                                       WH__RATELIMIT_KEYS);
+        r->instance_limit = wh_ratelimit_new((double)wc->instance_rate_per_min,
+                                             (double)wc->instance_burst, WH__RATELIMIT_KEYS);
+        if (r->ip_limit == NULL || r->instance_limit == NULL) {
+            rc = WH_ENOMEM;
+            goto fail;
+        }
+    }
+
+    /* Data directory and store. */
+    if (mkdir(conf->data_dir, 0750) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create data directory %s: %s", conf->data_dir,
+                 strerror(errno));
+        rc = WH_EIO;
+        goto fail;
+    }
+    snprintf(s->db_path, sizeof(s->db_path), "%s/wahook.db", conf->data_dir);
+    wh_store_opts_t so = {.path = s->db_path,
+                          .sync_full = conf->store_sync_full,
+                          .queue_max = (size_t)conf->store_queue_size,
+                          .batch_max = (size_t)conf->store_batch_size,
+                          .max_size = conf->store_max_size};
+    char serr[256];
+    if ((rc = wh_store_open(&s->store, &so, serr, sizeof(serr))) != WH_OK) {
+        snprintf(err, errlen, "store %s: %s", s->db_path, serr);
+        goto fail;
+    }
+
+    if (conf->access_log != NULL) {
+        if (strcmp(conf->access_log, "-") == 0)
+            s->access_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+        else
+            s->access_fd =
+                open(conf->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (s->access_fd < 0) {
+            snprintf(err, errlen, "cannot open access log %s: %s", conf->access_log,
+                     strerror(errno));
+            rc = WH_EIO;
+            goto fail;
+        }
+    }
+
+    /* h2o configuration: the "default" host first, because h2o falls back to the first. */
+    wh__globalconf_init(s, &s->globalconf);
+    int has_default = 0;
+    for (size_t i = 0; i < conf->num_routes; i++)
+        if (strcmp(conf->routes[i].host, "default") == 0)
+            has_default = 1;
+    wh__register_handler(s, &s->globalconf, "default", has_default ? "default" : "");
+    for (size_t i = 0; i < conf->num_routes; i++) {
+        const char *h = conf->routes[i].host;
+        int seen = strcmp(h, "default") == 0;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = strcmp(conf->routes[k].host, h) == 0;
+        if (!seen)
+            wh__register_handler(s, &s->globalconf, h, h);
+    }
+
+    for (size_t i = 0; i < conf->num_listen; i++) {
+        const wh_listen_conf_t *lc = &conf->listen[i];
+        if (lc->certificate_file != NULL && lc->key_file != NULL &&
+            (s->ssl_ctx[i] = wh__ssl_ctx(lc, err, errlen)) == NULL) {
+            rc = WH_EINVAL;
+            goto fail;
+        }
+        if ((s->listen_fds[i] = wh__bind(lc->host, lc->port, err, errlen)) < 0) {
+            rc = WH_EIO;
+            goto fail;
+        }
+        s->num_listen_fds++;
+    }
+    if (conf->admin.port != 0) {
+        wh__globalconf_init(s, &s->adminconf);
+        wh__register_handler(s, &s->adminconf, "default", NULL);
+        s->has_admin = 1;
+        if ((s->admin_fd = wh__bind(conf->admin.host, conf->admin.port, err, errlen)) < 0) {
+            rc = WH_EIO;
+            goto fail;
+        }
+    }
+    *out = s;
+    return WH_OK;
+fail:
+    wh_server_free(s);
+    return rc;
+}
+
+/* ---- run and shutdown --------------------------------------------------------------------- */
+
+int wh_server_run(wh_server_t *s)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    /* Every thread created from here inherits the mask; this thread waits for them. */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    s->num_threads = (size_t)s->conf->num_threads;
+    s->threads = calloc(s->num_threads, sizeof(*s->threads));
+    if (s->threads == NULL)
+        return WH_ENOMEM;
+    for (size_t i = 0; i < s->num_threads; i++)
+        if (wh__thread_init(s, &s->threads[i], i) != WH_OK)
+            return WH_EIO;
+    for (size_t i = 0; i < WH__PARSE_THREADS; i++)
+        pthread_create(&s->parse_tids[i], NULL, wh__parse_main, s);
+    s->parse_started = 1;
+    for (size_t i = 0; i < s->num_threads; i++)
+        pthread_create(&s->threads[i].tid, NULL, wh__thread_main, &s->threads[i]);
+
+    for (size_t i = 0; i < s->conf->num_listen; i++)
+        wh_log(WH_LOG_INFO, "listening", "{s:s,s:i,s:b}", "host",
+               s->conf->listen[i].host ? s->conf->listen[i].host : "*", "port",
+               (int)s->conf->listen[i].port, "tls", s->ssl_ctx[i] != NULL);
+    if (s->has_admin)
+        wh_log(WH_LOG_INFO, "admin listening", "{s:s,s:i}", "host", s->conf->admin.host,
+               "port", (int)s->conf->admin.port);
+    wh_log(WH_LOG_INFO, "started", "{s:s,s:i,s:s,s:s}", "version", WH_VERSION, "threads",
+           (int)s->num_threads, "env",
+           s->conf->env == WH_ENV_DEVELOPMENT ? "development" : "production", "store",
+           s->db_path);
+
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        wh_log(WH_LOG_INFO, "SIGHUP ignored: nothing to reload yet", NULL);
+    }
+    wh_log(WH_LOG_INFO, "shutting down", "{s:i}", "signal", sig);
+    atomic_store(&s->shutting_down, 1);
+    for (size_t i = 0; i < s->num_threads; i++) {
+        h2o_multithread_message_t *m = calloc(1, sizeof(*m));
+        if (m != NULL)
+            h2o_multithread_send_message(&s->threads[i].control_receiver, m);
+    }
+    for (size_t i = 0; i < s->num_threads; i++)
+        pthread_join(s->threads[i].tid, NULL);
+
+    pthread_mutex_lock(&s->parse_mutex);
+    s->parse_stop = 1;
+    pthread_cond_broadcast(&s->parse_cond);
+    pthread_mutex_unlock(&s->parse_mutex);
+    for (size_t i = 0; i < WH__PARSE_THREADS; i++)
+        pthread_join(s->parse_tids[i], NULL);
+    s->parse_started = 0;
+
+    wh_store_close(s->store);
+    s->store = NULL;
+    wh_log(WH_LOG_INFO, "stopped", NULL);
+    return WH_OK;
+}
+
+void wh_server_free(wh_server_t *s)
+{
+    if (s == NULL)
+        return;
+    /* Loop threads have exited; their contexts are left to process exit, because disposing an
+     * h2o context while its HTTP/2 graceful-shutdown timer is armed aborts (h2o 2.2.5). */
+    wh_store_close(s->store);
+    for (size_t i = 0; i < s->num_routes; i++) {
+        wh_cidr_list_free(s->routes[i].allow);
+        wh_cidr_list_free(s->routes[i].trusted);
+        wh_ratelimit_free(s->routes[i].ip_limit);
+        wh_ratelimit_free(s->routes[i].instance_limit);
+    }
+    for (size_t i = 0; i < WH_MAX_LISTENERS; i++) {
+        if (s->listen_fds[i] >= 0)
+            close(s->listen_fds[i]);
+        SSL_CTX_free(s->ssl_ctx[i]);
+    }
+    if (s->admin_fd >= 0)
+        close(s->admin_fd);
+    if (s->access_fd >= 0)
+        close(s->access_fd);
+    free(s->threads);
+    free(s);
+}
