@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <jansson.h>
 #include <yaml.h>
 #include "wahook/config.h"
 
@@ -41,6 +42,7 @@ typedef enum wh__type {
     WH__T_PATHS,
     WH__T_BLOCK,   /* a mapping of the directives of another context */
     WH__T_HANDLER, /* the handler of a path */
+    WH__T_JSON,    /* any YAML value, kept as a json_t* (scalars typed by the YAML core schema) */
 } wh__type_t;
 
 #define WH__F_EMPTY_OK 1 /* a literal "" is a value rather than "use the default" */
@@ -144,6 +146,44 @@ static const wh__directive_t wh__directives[] = {
     {.name = "wahook.store.max-size", .ctx = WH__CTX_GLOBAL, .type = WH__T_SIZE,
      WH__AT(wh_config_t, store_max_size), .min = 0, .max = 1024 * 1024 * WH__GiB,
      .defval = "0", .help = "database size above which ingest answers 503; 0 = unlimited"},
+
+    {.name = "wahook.processors", .ctx = WH__CTX_GLOBAL, .type = WH__T_INT,
+     WH__AT(wh_config_t, processors), .min = 1, .max = 64, .dyn_default = wh__default_threads,
+     .doc_default = "online cores",
+     .help = "processor threads, each with its own Lua VM; one contact always runs on one"},
+    {.name = "wahook.scripts.dir", .ctx = WH__CTX_GLOBAL, .type = WH__T_STRING,
+     WH__AT(wh_config_t, scripts_dir), .defval = "scripts",
+     .help = "directory of main.lua and the modules it requires"},
+    {.name = "wahook.scripts.timeout", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, script_timeout_ms), .unit_ms = 1, .min = 1, .max = 60000,
+     .defval = "1s", .help = "wall deadline of one handler call (handlers do no I/O)"},
+    {.name = "wahook.scripts.memory", .ctx = WH__CTX_GLOBAL, .type = WH__T_SIZE,
+     WH__AT(wh_config_t, script_memory), .min = WH__MiB, .max = WH__GiB, .defval = "64M",
+     .help = "memory cap of each Lua VM"},
+    {.name = "wahook.scripts.reload-debounce", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, reload_debounce_ms), .unit_ms = 1, .min = 0, .max = 10000,
+     .defval = "200ms", .help = "quiet time after a script change before reloading"},
+    {.name = "wahook.scripts.config", .ctx = WH__CTX_GLOBAL, .type = WH__T_JSON,
+     WH__AT(wh_config_t, scripts_config), .doc_default = "{}",
+     .help = "free-form settings the scripts read as wahook.config (reloaded with them)"},
+    {.name = "wahook.processing.max-attempts", .ctx = WH__CTX_GLOBAL, .type = WH__T_INT,
+     WH__AT(wh_config_t, max_attempts), .min = 1, .max = 100, .defval = "5",
+     .help = "failed handler runs before an event is dead"},
+    {.name = "wahook.processing.retry-base", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, retry_base_ms), .unit_ms = 1, .min = 1, .max = 3600000,
+     .defval = "1s", .help = "first retry wait; doubles each attempt, with jitter"},
+    {.name = "wahook.processing.retry-max", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, retry_max_ms), .unit_ms = 1, .min = 1, .max = 86400000,
+     .defval = "5m", .help = "longest single retry wait"},
+    {.name = "wahook.processing.retry-total", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, retry_total_ms), .unit_ms = 1, .min = 1, .max = 7 * 86400000LL,
+     .defval = "1h",
+     .help = "an event failing for longer than this since it arrived is dead (it holds back "
+             "its contact's later events meanwhile)"},
+    {.name = "wahook.processing.poll-interval", .ctx = WH__CTX_GLOBAL, .type = WH__T_DURATION,
+     WH__AT(wh_config_t, poll_interval_ms), .unit_ms = 1, .min = 10, .max = 3600000,
+     .defval = "1s",
+     .help = "fallback re-scan interval; committed events wake processors at once anyway"},
 
     /* ---- listen ---- */
     {.name = "port", .ctx = WH__CTX_LISTEN, .type = WH__T_INT, WH__AT(wh_listen_conf_t, port),
@@ -898,6 +938,93 @@ static int wh__apply_handler(wh__parser_t *p, const wh__directive_t *d, wh_route
     return wh__apply_map(p, d->sub, sub, val, NULL, depth + 1);
 }
 
+/* A YAML value as JSON: mappings and sequences as such, scalars expanded (${VAR}) and typed
+ * like the YAML core schema when plain (null, booleans, integers, floats), strings when quoted. */
+static int wh__to_json(wh__parser_t *p, const yaml_node_t *node, const char *what, int depth,
+                       json_t **out)
+{
+    int rc;
+    *out = NULL;
+    if (depth > WH__MAX_DEPTH)
+        return wh__fail(p, node, "'%s' is nested too deeply", what);
+    if (--p->budget < 0)
+        return wh__fail(p, node, "configuration too complex");
+    if (node->type == YAML_MAPPING_NODE) {
+        json_t *obj = json_object();
+        if (obj == NULL)
+            return wh__oom(p);
+        for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+             pair < node->data.mapping.pairs.top; pair++) {
+            yaml_node_t *k = yaml_document_get_node(p->doc, pair->key);
+            yaml_node_t *v = yaml_document_get_node(p->doc, pair->value);
+            if (k == NULL || v == NULL)
+                continue;
+            if (k->type != YAML_SCALAR_NODE) {
+                json_decref(obj);
+                return wh__fail(p, k, "keys under '%s' must be scalars", what);
+            }
+            json_t *child;
+            if ((rc = wh__to_json(p, v, what, depth + 1, &child)) != 0) {
+                json_decref(obj);
+                return rc;
+            }
+            char *name = strndup((const char *)k->data.scalar.value, k->data.scalar.length);
+            if (name == NULL || json_object_set_new(obj, name, child) != 0) {
+                free(name);
+                json_decref(obj);
+                return wh__oom(p);
+            }
+            free(name);
+        }
+        *out = obj;
+        return 0;
+    }
+    if (node->type == YAML_SEQUENCE_NODE) {
+        json_t *arr = json_array();
+        if (arr == NULL)
+            return wh__oom(p);
+        for (yaml_node_item_t *it = node->data.sequence.items.start;
+             it < node->data.sequence.items.top; it++) {
+            yaml_node_t *v = yaml_document_get_node(p->doc, *it);
+            json_t *child;
+            if (v == NULL)
+                continue;
+            if ((rc = wh__to_json(p, v, what, depth + 1, &child)) != 0) {
+                json_decref(arr);
+                return rc;
+            }
+            json_array_append_new(arr, child);
+        }
+        *out = arr;
+        return 0;
+    }
+    if (node->type != YAML_SCALAR_NODE)
+        return wh__fail(p, node, "'%s' holds an unsupported YAML value", what);
+    int plain = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    if (plain && wh__is_null(node)) {
+        *out = json_null();
+        return 0;
+    }
+    char *s = NULL;
+    if ((rc = wh__expand_scalar(p, node, what, &s)) != 0)
+        return rc;
+    int64_t iv;
+    char *end = NULL;
+    if (plain && (strcmp(s, "true") == 0 || strcmp(s, "false") == 0)) {
+        *out = json_boolean(s[0] == 't');
+    } else if (plain && s[0] != '\0' && wh__parse_int(s, &iv) == 0) {
+        *out = json_integer(iv);
+    } else if (plain && s[0] != '\0' && (isdigit((unsigned char)s[0]) || s[0] == '-' ||
+                                         s[0] == '.') &&
+               (errno = 0, strtod(s, &end), errno == 0 && end != NULL && *end == '\0')) {
+        *out = json_real(strtod(s, NULL));
+    } else {
+        *out = json_string(s);
+    }
+    free(s);
+    return *out == NULL ? wh__oom(p) : 0;
+}
+
 static int wh__apply_directive(wh__parser_t *p, const wh__directive_t *d, void *base,
                                const yaml_node_t *key, const yaml_node_t *val, int depth)
 {
@@ -919,6 +1046,22 @@ static int wh__apply_directive(wh__parser_t *p, const wh__directive_t *d, void *
         return wh__apply_handler(p, d, base, key, val, depth);
     case WH__T_STRLIST:
         return wh__apply_strlist(p, d, base, val);
+    case WH__T_JSON: {
+        json_t **field = (json_t **)((char *)base + d->off);
+        json_t *j = NULL;
+        int rc = wh__to_json(p, val, d->name, depth, &j);
+        if (rc != 0)
+            return rc;
+        if (!json_is_object(j) && !json_is_null(j)) {
+            json_decref(j);
+            return wh__fail(p, val, "'%s' expects a mapping, not %s", d->name, wh__kind_name(val));
+        }
+        json_decref(*field);
+        *field = json_is_object(j) ? j : json_object();
+        if (json_is_null(j))
+            json_decref(j);
+        return *field == NULL ? wh__oom(p) : 0;
+    }
     default:
         return wh__apply_scalar(p, d, base, val);
     }
@@ -1335,6 +1478,11 @@ static void wh__free_ctx(wh__ctx_t ctx, void *base)
             wh__store_str((char *)base + d->off, NULL);
         else if (d->type == WH__T_STRLIST)
             wh_strlist_clear((wh_strlist_t *)((char *)base + d->off));
+        else if (d->type == WH__T_JSON) {
+            json_t **field = (json_t **)((char *)base + d->off);
+            json_decref(*field);
+            *field = NULL;
+        }
     }
 }
 
@@ -1375,6 +1523,7 @@ static const char *wh__type_name(const wh__directive_t *d, char *buf, size_t len
     case WH__T_PATHS: return "mapping of paths";
     case WH__T_BLOCK: return "mapping";
     case WH__T_HANDLER: return d->sub == WH__CTX_NONE ? "handler (bool)" : "handler (mapping)";
+    case WH__T_JSON: return "mapping (free-form)";
     }
     return "?";
 }

@@ -146,7 +146,8 @@ static void wh__from_key(const json_t *key, wh__jid_t *pn, wh__jid_t *lid)
     static const char *const author_lid[] = {"participant", "participantAlt", "participantLid", NULL};
     static const char *const alt[] = {"remoteJidAlt", NULL};
     static const char *const rj_only[] = {"remoteJid", NULL};
-    static const char *const me_pn[] = {"remoteJid", "senderPn", NULL};
+    /* fromMe: senderPn (like remoteJidAlt) describes our own account, not the peer. */
+    static const char *const me_pn[] = {"remoteJid", NULL};
     static const char *const dm_pn[] = {"remoteJidAlt", "senderPn", "remoteJid", NULL};
     static const char *const dm_lid[] = {"remoteJid", "remoteJidAlt", "previousRemoteJid",
                                          "senderLid", NULL};

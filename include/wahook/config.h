@@ -91,6 +91,19 @@ typedef struct wh_config {
     int64_t store_max_size;             /* wahook.store.max-size in bytes; 0 = unlimited */
     int64_t shutdown_timeout_ms;        /* wahook.shutdown-timeout; default 10000 */
     char *log_level;                    /* wahook.log-level: debug|info|warn|error */
+
+    /* Processing (Lua). */
+    int64_t processors;                 /* wahook.processors; default: number of cores */
+    char *scripts_dir;                  /* wahook.scripts.dir; default "scripts" */
+    int64_t script_timeout_ms;          /* wahook.scripts.timeout; default 1000 */
+    int64_t script_memory;              /* wahook.scripts.memory in bytes; default 64 MiB */
+    void *scripts_config;               /* wahook.scripts.config as a json_t* object (owned) */
+    int64_t max_attempts;               /* wahook.processing.max-attempts; default 5 */
+    int64_t retry_base_ms;              /* wahook.processing.retry-base; default 1000 */
+    int64_t retry_max_ms;               /* wahook.processing.retry-max (one wait); default 300000 */
+    int64_t retry_total_ms;             /* wahook.processing.retry-total; default 3600000 */
+    int64_t poll_interval_ms;           /* wahook.processing.poll-interval; default 1000 */
+    int64_t reload_debounce_ms;         /* wahook.scripts.reload-debounce; default 200 */
 } wh_config_t;
 
 /* Loads a dotenv file (KEY=VALUE, # comments, optional quotes, optional "export ") into the
