@@ -9,13 +9,21 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
 #include <h2o/version.h>
 
 #include "wahook/auth.h"
 #include "wahook/common.h"
 #include "wahook/config.h"
+#include "wahook/envelope.h"
 #include "wahook/log.h"
+#include "wahook/lua_vm.h"
+#include "wahook/outcome.h"
+#include "wahook/process.h"
+#include "wahook/scripts.h"
 #include "wahook/server.h"
 #include "wahook/store.h"
 
@@ -32,6 +40,9 @@ typedef struct wh__opts {
     int limit;
     int json;
     int help;
+    const char *sub;        /* events: list | show | retry */
+    int64_t id;             /* events show/retry */
+    const char *state_json; /* try --state */
 } wh__opts_t;
 
 typedef struct wh__command {
@@ -46,6 +57,9 @@ static const char wh__common_opts[] =
     "      --env-file FILE dotenv file read before the config (default " WH__DEFAULT_ENV
     " when present)\n"
     "  -h, --help          this help\n";
+
+static int wh__admin_request(const wh_config_t *conf, const char *method, const char *path,
+                             char **body);
 
 static int wh__load_env(wh__opts_t *o)
 {
@@ -119,6 +133,17 @@ static int wh__cmd_check(wh__opts_t *o)
     wh_config_t conf;
     if (wh__load_config(o, &conf, 1) != 0)
         return 1;
+    char err[2048];
+    wh_scripts_t *scripts = wh_scripts_new(&conf, o->conf, err, sizeof(err));
+    if (scripts == NULL) {
+        fprintf(stderr, "%s\n", err);
+        wh_config_free(&conf);
+        return 1;
+    }
+    wh_scripts_gen_t *g = wh_scripts_current(scripts);
+    printf("%s: scripts in %s load (version %s)\n", o->conf, conf.scripts_dir, g->version);
+    wh_scripts_gen_unref(scripts, g);
+    wh_scripts_free(scripts);
     printf("%s: ok (%zu listener%s, %zu route%s, %s)\n", o->conf, conf.num_listen,
            conf.num_listen == 1 ? "" : "s", conf.num_routes, conf.num_routes == 1 ? "" : "s",
            conf.env == WH_ENV_DEVELOPMENT ? "development" : "production");
@@ -257,6 +282,60 @@ static int wh__print_event(const wh_event_row_t *row, void *arg)
     return 0;
 }
 
+static int wh__print_detail(const wh_event_detail_t *d, void *ctx)
+{
+    json_error_t jerr;
+    json_t *body = json_loads(d->row.body, JSON_ALLOW_NUL, &jerr);
+    json_t *obj = json_pack("{s:I,s:I,s:s,s:s,s:s,s:s?,s:s,s:i,s:s?,s:s?,s:I,s:I,s:o?}", "id",
+                            (json_int_t)d->row.id, "received_at", (json_int_t)d->row.received_at,
+                            "instance", d->row.instance, "event", d->row.event, "dedup_id",
+                            d->row.dedup_id, "contact_key", d->row.contact_key, "status",
+                            d->row.status, "attempts", d->attempts, "last_error", d->last_error,
+                            "script_version", d->script_version, "processed_at",
+                            (json_int_t)d->processed_at, "next_attempt_at",
+                            (json_int_t)d->next_attempt_at, "body", body);
+    char *text = obj != NULL ? json_dumps(obj, JSON_INDENT(2)) : NULL;
+    if (text != NULL)
+        printf("%s\n", text);
+    free(text);
+    json_decref(obj);
+    *(int *)ctx = 1;
+    return 0;
+}
+
+static int wh__events_retry(wh__opts_t *o, wh_config_t *conf, const char *path)
+{
+    char apipath[64];
+    snprintf(apipath, sizeof(apipath), "/api/events/%lld/retry", (long long)o->id);
+    char *body = NULL;
+    int status = wh__admin_request(conf, "POST", apipath, &body);
+    if (status > 0) {
+        printf("%s\n", body != NULL ? body : "");
+        free(body);
+        return status == 200 ? 0 : 1;
+    }
+    free(body);
+    /* Nothing listens: the store has no other writer, so change it directly. */
+    wh_store_t *store = NULL;
+    char err[512];
+    wh_store_opts_t so = {.path = path, .sync_full = 1};
+    if (wh_store_open(&store, &so, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "wahook events retry: %s\n", err);
+        return 1;
+    }
+    int rc = wh_store_event_retry(store, o->id);
+    wh_store_close(store);
+    if (rc == WH_OK) {
+        printf("{\"status\":\"pending\",\"id\":%lld}\n", (long long)o->id);
+        return 0;
+    }
+    fprintf(stderr, "wahook events retry: %s\n",
+            rc == WH_ENOTFOUND ? "no such event"
+            : rc == WH_EINVAL  ? "the event is neither dead nor failing"
+                               : wh_strerror(rc));
+    return 1;
+}
+
 static int wh__cmd_events(wh__opts_t *o)
 {
     wh_config_t conf;
@@ -264,7 +343,23 @@ static int wh__cmd_events(wh__opts_t *o)
         return 1;
     char path[4096];
     snprintf(path, sizeof(path), "%s/wahook.db", conf.data_dir);
+    if (o->sub != NULL && strcmp(o->sub, "retry") == 0) {
+        int rc = wh__events_retry(o, &conf, path);
+        wh_config_free(&conf);
+        return rc;
+    }
     wh_config_free(&conf);
+    if (o->sub != NULL && strcmp(o->sub, "show") == 0) {
+        char err[512];
+        int found = 0;
+        int rc = wh_store_event_show(path, o->id, wh__print_detail, &found, err, sizeof(err));
+        if (rc != WH_OK || !found) {
+            fprintf(stderr, "wahook events show: %s\n",
+                    rc == WH_OK || rc == WH_ENOTFOUND ? "no such event" : err);
+            return 1;
+        }
+        return 0;
+    }
     if (access(path, R_OK) != 0) {
         fprintf(stderr, "wahook events: no store at %s (has the server run?)\n", path);
         return 1;
@@ -346,6 +441,190 @@ static int wh__cmd_init(wh__opts_t *o)
     return 0;
 }
 
+/* ---- talking to the running server's admin listener ---------------------------------------- */
+
+/* Sends one request to the admin listener. Returns the HTTP status, 0 when nothing listens
+ * there, -1 on another failure. The response body (malloc'd) goes to *body. */
+static int wh__admin_request(const wh_config_t *conf, const char *method, const char *path,
+                             char **body)
+{
+    *body = NULL;
+    if (conf->admin.port == 0)
+        return 0;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)conf->admin.port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(conf->admin.host ? conf->admin.host : "127.0.0.1", port, &hints, &res) != 0)
+        return -1;
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return 0;
+    struct timeval tv = {.tv_sec = 60};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "%s %s HTTP/1.1\r\nHost: wahook-admin\r\nAuthorization: Bearer %s\r\n"
+                     "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                     method, path, conf->admin.token ? conf->admin.token : "");
+    if (n <= 0 || (size_t)n >= sizeof(head) || write(fd, head, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap + 1);
+    ssize_t r;
+    while (buf != NULL && (r = read(fd, buf + len, cap - len)) > 0) {
+        len += (size_t)r;
+        if (len == cap) {
+            char *nb = realloc(buf, (cap *= 2) + 1);
+            if (nb == NULL) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (buf == NULL)
+        return -1;
+    buf[len] = '\0';
+    int status = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) {
+        free(buf);
+        return -1;
+    }
+    char *sep = strstr(buf, "\r\n\r\n");
+    *body = strdup(sep != NULL ? sep + 4 : "");
+    free(buf);
+    return status;
+}
+
+static int wh__cmd_reload(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 0) != 0)
+        return 1;
+    char *body = NULL;
+    int status = wh__admin_request(&conf, "POST", "/api/reload", &body);
+    wh_config_free(&conf);
+    if (status <= 0) {
+        fprintf(stderr, "wahook reload: no server answers on the admin listener (send SIGHUP to "
+                        "the server instead)\n");
+        free(body);
+        return 1;
+    }
+    printf("%s\n", body != NULL ? body : "");
+    free(body);
+    return status == 200 ? 0 : 1;
+}
+
+/* Runs the handlers on one event without a server or network, and prints what they would do. */
+static int wh__cmd_try(wh__opts_t *o)
+{
+    int rc = 1;
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 0) != 0)
+        return 1;
+    char err[4096];
+    wh_scripts_t *scripts = NULL;
+    wh_scripts_gen_t *gen = NULL;
+    wh_lua_vm_t *vm = NULL;
+    json_t *ev = NULL, *prior = NULL, *result = NULL;
+    wh_outcome_t out;
+    int out_ready = 0;
+    char *body = NULL;
+    size_t len = 0;
+    wh_envelope_t env = {0};
+
+    if (o->input == NULL) {
+        fprintf(stderr, "wahook try: give an event file (or - for stdin)\n");
+        goto done;
+    }
+    FILE *in = strcmp(o->input, "-") == 0 ? stdin : fopen(o->input, "rb");
+    if (in == NULL) {
+        fprintf(stderr, "wahook try: cannot read %s: %s\n", o->input, strerror(errno));
+        goto done;
+    }
+    body = wh__read_all(in, &len);
+    if (in != stdin)
+        fclose(in);
+    if (body == NULL)
+        goto done;
+    if (o->state_json != NULL) {
+        json_error_t jerr;
+        prior = json_loads(o->state_json, 0, &jerr);
+        if (!json_is_object(prior)) {
+            fprintf(stderr, "wahook try: --state must be a JSON object (%s)\n", jerr.text);
+            goto done;
+        }
+    }
+    /* The same envelope rules as ingest: redaction, dedup, the contact candidates. */
+    wh_envelope_opts_t eo = {.keep_media = conf.store_keep_media};
+    if (wh_envelope_parse(&env, body, len, &eo, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "wahook try: %s\n", err);
+        goto done;
+    }
+    char *contact = wh_contact_key(env.phone, env.lid, NULL);
+    ev = wh_process_build_event(0, wh_now_ms(), contact, env.body, 1);
+    free(contact);
+    if ((scripts = wh_scripts_new(&conf, o->conf, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto done;
+    }
+    gen = wh_scripts_current(scripts);
+    if ((vm = wh_scripts_vm_new(scripts, gen, NULL, NULL, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "%s\n", err);
+        goto done;
+    }
+    result = json_object();
+    if (strcmp(env.event, "timer") != 0 && wh_process_normalize(vm, ev, err, sizeof(err)) != WH_OK)
+        json_object_set_new(result, "normalize_error", json_string(err));
+    if (wh_outcome_init(&out, NULL) != WH_OK)
+        goto done;
+    out_ready = 1;
+    wh_outcome_set_prior_state(&out, prior);
+    int hr = wh_lua_vm_run_handler_in(vm, WH_PHASE_TRY, env.event, ev, &out, err, sizeof(err));
+    json_object_set_new(result, "event", json_string(env.event));
+    json_object_set_new(result, "contact", json_incref(json_object_get(ev, "contact")));
+    json_object_set_new(result, "script_version", json_string(gen->version));
+    if (json_object_get(ev, "msg") != NULL)
+        json_object_set_new(result, "msg", json_incref(json_object_get(ev, "msg")));
+    if (hr == WH_OK || hr == WH_ENOTFOUND) {
+        json_object_set_new(result, "handled", json_boolean(hr == WH_OK));
+        json_object_set_new(result, "outcome", wh_outcome_to_json(&out));
+        rc = 0;
+    } else {
+        json_object_set_new(result, "error", json_string(err));
+    }
+    char *text = json_dumps(result, JSON_INDENT(2));
+    if (text != NULL)
+        printf("%s\n", text);
+    free(text);
+done:
+    json_decref(result);
+    if (out_ready)
+        wh_outcome_free(&out);
+    json_decref(prior);
+    json_decref(ev);
+    wh_envelope_clear(&env);
+    free(body);
+    wh_lua_vm_free(vm);
+    if (scripts != NULL) {
+        wh_scripts_gen_unref(scripts, gen);
+        wh_scripts_free(scripts);
+    }
+    wh_config_free(&conf);
+    return rc;
+}
+
 static int wh__cmd_version(wh__opts_t *o)
 {
     printf("wahook %s (libh2o %s, %s, SQLite %s, jansson %s)\n", WH_VERSION, H2O_VERSION,
@@ -362,9 +641,21 @@ static const wh__command_t wh__commands[] = {
      "print the x-webhook-signature value (sha256=<hex>) of a body read from FILE or stdin,\n"
      "  signed with WEBHOOK_SECRET or the content of --secret-file (never a secret in argv)",
      wh__cmd_sign},
-    {"events", "events [list] [-c FILE] [--env-file FILE] [--since ID] [--limit N] [--json]",
-     "list stored events, oldest first (apikey values are redacted in storage)",
+    {"events",
+     "events [list|show ID|retry ID] [-c FILE] [--env-file FILE] [--since ID] [--limit N] "
+     "[--json]",
+     "list stored events oldest first (apikey values are redacted in storage), show one with\n"
+     "  its processing status and last error, or put a dead event back to pending (through the\n"
+     "  running server's admin listener, or the store directly when no server runs)",
      wh__cmd_events},
+    {"try", "try [-c FILE] [--env-file FILE] EVENT.json [--state JSON]",
+     "run the handlers on one event without a server or network and print, as JSON, the\n"
+     "  actions, timers, state and facts they would commit, or the error with its traceback",
+     wh__cmd_try},
+    {"reload", "reload [-c FILE] [--env-file FILE]",
+     "ask the running server to reload its scripts and wahook.scripts.config (as SIGHUP does)\n"
+     "  and print the new version or the load error",
+     wh__cmd_reload},
     {"init", "init [-c FILE] [--env-file FILE]",
      "generate WEBHOOK_SECRET into the env file when unset, and print the Evolution API\n"
      "  webhook body and a signed curl example",
@@ -429,8 +720,24 @@ static int wh__parse_args(const wh__command_t *c, int argc, char **argv, wh__opt
             }
         } else if (strcmp(c->name, "events") == 0 && strcmp(a, "--json") == 0) {
             o->json = 1;
-        } else if (strcmp(c->name, "events") == 0 && strcmp(a, "list") == 0 && i == 0) {
-            /* the default subcommand */
+        } else if (strcmp(c->name, "events") == 0 && i == 0 &&
+                   (strcmp(a, "list") == 0 || strcmp(a, "show") == 0 ||
+                    strcmp(a, "retry") == 0)) {
+            o->sub = a;
+            if (strcmp(a, "list") != 0) {
+                char *end = NULL;
+                if (next == NULL || (o->id = strtoll(next, &end, 10)) <= 0 || *end != '\0') {
+                    fprintf(stderr, "wahook events %s: give an event id\n", a);
+                    return -1;
+                }
+                i++;
+            }
+        } else if (strcmp(c->name, "try") == 0 && strcmp(a, "--state") == 0) {
+            WH__NEED_ARG;
+            o->state_json = next;
+        } else if (strcmp(c->name, "try") == 0 && o->input == NULL &&
+                   (a[0] != '-' || strcmp(a, "-") == 0)) {
+            o->input = a;
         } else if (strcmp(c->name, "sign") == 0 && o->input == NULL &&
                    (a[0] != '-' || strcmp(a, "-") == 0)) {
             o->input = a;

@@ -29,7 +29,9 @@
 #include "wahook/config.h"
 #include "wahook/envelope.h"
 #include "wahook/log.h"
+#include "wahook/process.h"
 #include "wahook/ratelimit.h"
+#include "wahook/scripts.h"
 #include "wahook/server.h"
 #include "wahook/store.h"
 
@@ -74,6 +76,7 @@ typedef struct wh__thread {
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t done_receiver;    /* completions of deferred requests */
     h2o_multithread_receiver_t control_receiver; /* shutdown request */
+    h2o_multithread_receiver_t admin_receiver;   /* answers of admin tasks */
     h2o_timeout_t commit_timeouts[WH_MAX_ROUTES];
     size_t inflight;
     int stopping;
@@ -110,8 +113,27 @@ typedef struct wh__job {
     struct wh__job *next_parse;
 } wh__job_t;
 
+/* An admin request whose work (reload, retry, store reads) runs on its own thread. */
+typedef struct wh__admin_task {
+    h2o_multithread_message_t super;
+    struct wh__thread *owner;
+    h2o_req_t *req;
+    struct wh__admin_guard *guard;
+    wh_server_t *server;
+    int64_t id;
+    int (*run)(struct wh__admin_task *t); /* fills status and body */
+    int status;
+    char *body;
+} wh__admin_task_t;
+
+typedef struct wh__admin_guard {
+    wh__admin_task_t *task;
+} wh__admin_guard_t;
+
 struct wh_server {
     wh_config_t *conf;
+    wh_scripts_t *scripts;
+    wh_processors_t *processors;
     h2o_globalconf_t globalconf;
     h2o_globalconf_t adminconf;
     int has_admin;
@@ -127,6 +149,9 @@ struct wh_server {
     size_t num_threads;
     atomic_int shutting_down;
     int access_fd;
+    pthread_mutex_t start_mutex; /* loop threads report their initialisation */
+    pthread_cond_t start_cond;
+    size_t threads_started, threads_failed;
     /* off-loop parsing of large bodies */
     pthread_t parse_tids[WH__PARSE_THREADS];
     int parse_started;
@@ -241,6 +266,10 @@ static void wh__respond_ready(wh_server_t *s, h2o_req_t *req)
     int ready = json_array_size(reasons) == 0;
     json_t *obj = json_pack("{s:s,s:o,s:I}", "status", ready ? "ready" : "not ready", "reasons",
                             reasons, "queue", (json_int_t)wh_store_queue_depth(s->store));
+    if (obj != NULL && s->scripts != NULL)
+        json_object_set_new(obj, "scripts", wh_scripts_status(s->scripts));
+    if (obj != NULL && s->processors != NULL)
+        json_object_set_new(obj, "processing", wh_processors_stats(s->processors));
     char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!ready) {
@@ -726,6 +755,219 @@ static void wh__serve_webhook(wh_server_t *s, wh__thread_t *t, const wh__route_t
         wh__parse_enqueue(s, j);
 }
 
+/* ---- admin API ------------------------------------------------------------------------------ */
+
+static void wh__admin_guard_dispose(void *p)
+{
+    wh__admin_guard_t *g = p;
+    if (g->task != NULL)
+        g->task->req = NULL;
+}
+
+static void wh__on_admin_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    wh__thread_t *t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, admin_receiver, receiver);
+    while (!h2o_linklist_is_empty(messages)) {
+        h2o_multithread_message_t *m =
+            H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+        h2o_linklist_unlink(&m->link);
+        wh__admin_task_t *task = H2O_STRUCT_FROM_MEMBER(wh__admin_task_t, super, m);
+        if (task->req != NULL) {
+            task->guard->task = NULL;
+            wh__respond_json(task->server, task->req, task->status,
+                             task->body != NULL ? task->body : "{}");
+        }
+        free(task->body);
+        free(task);
+        t->inflight--;
+    }
+}
+
+static void *wh__admin_task_main(void *arg)
+{
+    wh__admin_task_t *task = arg;
+    task->run(task);
+    memset(&task->super, 0, sizeof(task->super));
+    h2o_multithread_send_message(&task->owner->admin_receiver, &task->super);
+    return NULL;
+}
+
+static char *wh__dump(json_t *obj)
+{
+    char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    return text;
+}
+
+static int wh__admin_reload(wh__admin_task_t *t)
+{
+    char err[2048];
+    if (wh_scripts_reload(t->server->scripts, "admin API", err, sizeof(err)) == WH_OK) {
+        json_t *st = wh_scripts_status(t->server->scripts);
+        json_object_set_new(st, "status", json_string("reloaded"));
+        t->status = 200;
+        t->body = wh__dump(st);
+    } else {
+        t->status = 422;
+        t->body = wh__dump(json_pack("{s:s,s:s}", "status", "failed", "error", err));
+    }
+    return 0;
+}
+
+static int wh__admin_retry(wh__admin_task_t *t)
+{
+    int rc = wh_store_event_retry(t->server->store, t->id);
+    if (rc == WH_OK) {
+        t->status = 200;
+        t->body = wh__dump(json_pack("{s:s,s:I}", "status", "pending", "id", (json_int_t)t->id));
+        wh_processors_wake(t->server->processors);
+    } else if (rc == WH_ENOTFOUND) {
+        t->status = 404;
+        t->body = wh__dump(json_pack("{s:s}", "error", "no such event"));
+    } else if (rc == WH_EINVAL) {
+        t->status = 409;
+        t->body = wh__dump(json_pack("{s:s}", "error", "the event is neither dead nor failing"));
+    } else {
+        t->status = 503;
+        t->body = wh__dump(json_pack("{s:s}", "error", wh_strerror(rc)));
+    }
+    return 0;
+}
+
+static int wh__admin_event_cb(const wh_event_detail_t *d, void *ctx)
+{
+    json_t **out = ctx;
+    json_error_t jerr;
+    json_t *body = json_loads(d->row.body, JSON_ALLOW_NUL, &jerr);
+    *out = json_pack("{s:I,s:I,s:s,s:s,s:s,s:s?,s:s,s:i,s:s?,s:s?,s:I,s:I,s:o?}", "id",
+                     (json_int_t)d->row.id, "received_at", (json_int_t)d->row.received_at,
+                     "instance", d->row.instance, "event", d->row.event, "dedup_id",
+                     d->row.dedup_id, "contact_key", d->row.contact_key, "status", d->row.status,
+                     "attempts", d->attempts, "last_error", d->last_error, "script_version",
+                     d->script_version, "processed_at", (json_int_t)d->processed_at,
+                     "next_attempt_at", (json_int_t)d->next_attempt_at, "body", body);
+    return 0;
+}
+
+static int wh__admin_show(wh__admin_task_t *t)
+{
+    json_t *obj = NULL;
+    char err[256];
+    int rc = wh_store_event_show(t->server->db_path, t->id, wh__admin_event_cb, &obj, err,
+                                 sizeof(err));
+    if (rc == WH_OK && obj != NULL) {
+        t->status = 200;
+        t->body = wh__dump(obj);
+    } else {
+        json_decref(obj);
+        t->status = rc == WH_ENOTFOUND || rc == WH_OK ? 404 : 503;
+        t->body = wh__dump(json_pack("{s:s}", "error", rc == WH_ENOTFOUND || rc == WH_OK
+                                                          ? "no such event"
+                                                          : err));
+    }
+    return 0;
+}
+
+static int wh__admin_authorized(wh_server_t *s, h2o_req_t *req)
+{
+    const char *token = s->conf->admin.token;
+    if (token == NULL || token[0] == '\0')
+        return 0;
+    h2o_iovec_t a = wh__header(req, H2O_TOKEN_AUTHORIZATION);
+    if (a.len < 7 || !h2o_lcstris(a.base, 7, H2O_STRLIT("bearer ")))
+        return 0;
+    return wh_ct_equal(a.base + 7, a.len - 7, token, strlen(token));
+}
+
+/* /api/events/<id>[/retry] → id and whether it is the retry action; -1 when not that shape. */
+static int64_t wh__admin_event_id(h2o_iovec_t path, int *retry)
+{
+    static const char prefix[] = "/api/events/";
+    size_t pl = sizeof(prefix) - 1;
+    if (path.len <= pl || memcmp(path.base, prefix, pl) != 0)
+        return -1;
+    int64_t id = 0;
+    size_t i = pl;
+    for (; i < path.len && path.base[i] >= '0' && path.base[i] <= '9' && id < INT64_MAX / 10; i++)
+        id = id * 10 + (path.base[i] - '0');
+    if (i == pl)
+        return -1;
+    if (i == path.len) {
+        *retry = 0;
+        return id;
+    }
+    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/retry"))) {
+        *retry = 1;
+        return id;
+    }
+    return -1;
+}
+
+static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o_iovec_t path)
+{
+    int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+    int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    int retry = 0;
+    int64_t id = -1;
+    int (*run)(wh__admin_task_t *) = NULL;
+    const char *allow = NULL;
+
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/api/reload"))) {
+        run = wh__admin_reload;
+        allow = "POST";
+        if (!is_post)
+            run = NULL;
+    } else if ((id = wh__admin_event_id(path, &retry)) >= 0) {
+        allow = retry ? "POST" : "GET";
+        if (retry && is_post)
+            run = wh__admin_retry;
+        else if (!retry && is_get)
+            run = wh__admin_show;
+    } else {
+        wh__respond_error(s, req, 404, "not found", 0);
+        return;
+    }
+    if (!wh__admin_authorized(s, req)) {
+        wh__respond_error(s, req, 401, s->conf->admin.token == NULL || !s->conf->admin.token[0]
+                                           ? "the admin API is disabled: set WAHOOK_ADMIN_TOKEN"
+                                           : "invalid admin token",
+                          0);
+        return;
+    }
+    if (run == NULL) {
+        wh__respond_method(s, req, allow);
+        return;
+    }
+    if (t->stopping || atomic_load(&s->shutting_down)) {
+        wh__respond_error(s, req, 503, "shutting down", 5);
+        return;
+    }
+    wh__admin_task_t *task = calloc(1, sizeof(*task));
+    if (task == NULL) {
+        wh__respond_error(s, req, 503, "out of memory", 5);
+        return;
+    }
+    task->owner = t;
+    task->req = req;
+    task->server = s;
+    task->id = id;
+    task->run = run;
+    task->guard = h2o_mem_alloc_shared(&req->pool, sizeof(*task->guard), wh__admin_guard_dispose);
+    task->guard->task = task;
+    pthread_t tid;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    t->inflight++;
+    if (pthread_create(&tid, &attr, wh__admin_task_main, task) != 0) {
+        t->inflight--;
+        task->guard->task = NULL;
+        free(task);
+        wh__respond_error(s, req, 503, "cannot start the admin task", 5);
+    }
+    pthread_attr_destroy(&attr);
+}
+
 static int wh__on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     wh__host_handler_t *hh = (wh__host_handler_t *)self;
@@ -741,7 +983,7 @@ static int wh__on_req(h2o_handler_t *self, h2o_req_t *req)
     if (wh__serve_health(s, req, path))
         return 0;
     if (hh->host == NULL) {
-        wh__respond_error(s, req, 404, "not found", 0);
+        wh__serve_admin(s, t, req, path);
         return 0;
     }
 
@@ -830,11 +1072,25 @@ static void wh__on_control(h2o_multithread_receiver_t *receiver, h2o_linklist_t 
         h2o_context_request_shutdown(&t->admin_ctx);
 }
 
+static int wh__thread_init(wh_server_t *s, wh__thread_t *t, size_t index);
+
 static void *wh__thread_main(void *arg)
 {
     wh__thread_t *t = arg;
     wh_server_t *s = t->server;
     double deadline = 0, flush_until = 0;
+
+    /* The loop, its context and queue are created on the thread that runs them: libh2o ties
+     * socket buffers to the creating thread's (unsynchronised) buffer recycler. */
+    int rc = wh__thread_init(s, t, t->index);
+    pthread_mutex_lock(&s->start_mutex);
+    s->threads_started++;
+    if (rc != WH_OK)
+        s->threads_failed++;
+    pthread_cond_broadcast(&s->start_cond);
+    pthread_mutex_unlock(&s->start_mutex);
+    if (rc != WH_OK)
+        return NULL;
     for (;;) {
         h2o_evloop_run(t->loop, 50);
         if (!t->stopping)
@@ -866,6 +1122,7 @@ static int wh__thread_init(wh_server_t *s, wh__thread_t *t, size_t index)
     t->queue = h2o_multithread_create_queue(t->loop);
     h2o_multithread_register_receiver(t->queue, &t->done_receiver, wh__on_done);
     h2o_multithread_register_receiver(t->queue, &t->control_receiver, wh__on_control);
+    h2o_multithread_register_receiver(t->queue, &t->admin_receiver, wh__on_admin_done);
     for (size_t i = 0; i < s->num_routes; i++) {
         int64_t ms = s->routes[i].conf->kind == WH_HANDLER_WEBHOOK
                          ? s->routes[i].conf->webhook.commit_timeout_ms
@@ -991,6 +1248,8 @@ int wh_server_create(wh_server_t **out, wh_config_t *conf, char *err, size_t err
     s->access_fd = -1;
     pthread_mutex_init(&s->parse_mutex, NULL);
     pthread_cond_init(&s->parse_cond, NULL);
+    pthread_mutex_init(&s->start_mutex, NULL);
+    pthread_cond_init(&s->start_cond, NULL);
     for (size_t i = 0; i < WH_MAX_LISTENERS; i++)
         s->listen_fds[i] = -1;
 
@@ -1037,6 +1296,14 @@ int wh_server_create(wh_server_t **out, wh_config_t *conf, char *err, size_t err
     char serr[256];
     if ((rc = wh_store_open(&s->store, &so, serr, sizeof(serr))) != WH_OK) {
         snprintf(err, errlen, "store %s: %s", s->db_path, serr);
+        goto fail;
+    }
+
+    /* Scripts that do not load stop the start, with file:line. */
+    char scerr[2048];
+    if ((s->scripts = wh_scripts_new(conf, conf->file, scerr, sizeof(scerr))) == NULL) {
+        snprintf(err, errlen, "scripts: %s", scerr);
+        rc = WH_EINVAL;
         goto fail;
     }
 
@@ -1116,14 +1383,44 @@ int wh_server_run(wh_server_t *s)
     s->threads = calloc(s->num_threads, sizeof(*s->threads));
     if (s->threads == NULL)
         return WH_ENOMEM;
-    for (size_t i = 0; i < s->num_threads; i++)
-        if (wh__thread_init(s, &s->threads[i], i) != WH_OK)
-            return WH_EIO;
+    for (size_t i = 0; i < s->num_threads; i++) {
+        s->threads[i].server = s;
+        s->threads[i].index = i;
+    }
     for (size_t i = 0; i < WH__PARSE_THREADS; i++)
         pthread_create(&s->parse_tids[i], NULL, wh__parse_main, s);
     s->parse_started = 1;
+    char perr[512];
+    if (wh_processors_start(&s->processors, s->conf, s->store, s->db_path, s->scripts, perr,
+                            sizeof(perr)) != WH_OK) {
+        wh_log(WH_LOG_ERROR, "cannot start processors", "{s:s}", "error", perr);
+        return WH_EIO;
+    }
+    if (wh_scripts_watch(s->scripts) != WH_OK)
+        wh_log(WH_LOG_WARN, "cannot watch the scripts; reload with SIGHUP or wahook reload", NULL);
     for (size_t i = 0; i < s->num_threads; i++)
         pthread_create(&s->threads[i].tid, NULL, wh__thread_main, &s->threads[i]);
+    pthread_mutex_lock(&s->start_mutex);
+    while (s->threads_started < s->num_threads)
+        pthread_cond_wait(&s->start_cond, &s->start_mutex);
+    size_t failed = s->threads_failed;
+    pthread_mutex_unlock(&s->start_mutex);
+    if (failed > 0) {
+        /* Unreachable in practice (dup of a bound socket failed); stop what did start. */
+        wh_log(WH_LOG_ERROR, "a loop thread could not start", "{s:I}", "failed",
+               (json_int_t)failed);
+        atomic_store(&s->shutting_down, 1);
+        for (size_t i = 0; i < s->num_threads; i++) {
+            if (s->threads[i].queue == NULL)
+                continue;
+            h2o_multithread_message_t *m = calloc(1, sizeof(*m));
+            if (m != NULL)
+                h2o_multithread_send_message(&s->threads[i].control_receiver, m);
+        }
+        for (size_t i = 0; i < s->num_threads; i++)
+            pthread_join(s->threads[i].tid, NULL);
+        return WH_EIO;
+    }
 
     for (size_t i = 0; i < s->conf->num_listen; i++)
         wh_log(WH_LOG_INFO, "listening", "{s:s,s:i,s:b}", "host",
@@ -1132,10 +1429,12 @@ int wh_server_run(wh_server_t *s)
     if (s->has_admin)
         wh_log(WH_LOG_INFO, "admin listening", "{s:s,s:i}", "host", s->conf->admin.host,
                "port", (int)s->conf->admin.port);
-    wh_log(WH_LOG_INFO, "started", "{s:s,s:i,s:s,s:s}", "version", WH_VERSION, "threads",
-           (int)s->num_threads, "env",
+    wh_scripts_gen_t *gen = wh_scripts_current(s->scripts);
+    wh_log(WH_LOG_INFO, "started", "{s:s,s:i,s:i,s:s,s:s,s:s}", "version", WH_VERSION, "threads",
+           (int)s->num_threads, "processors", (int)s->conf->processors, "env",
            s->conf->env == WH_ENV_DEVELOPMENT ? "development" : "production", "store",
-           s->db_path);
+           s->db_path, "scripts", gen->version);
+    wh_scripts_gen_unref(s->scripts, gen);
 
     int sig = 0;
     for (;;) {
@@ -1143,7 +1442,7 @@ int wh_server_run(wh_server_t *s)
             continue;
         if (sig == SIGTERM || sig == SIGINT)
             break;
-        wh_log(WH_LOG_INFO, "SIGHUP ignored: nothing to reload yet", NULL);
+        wh_scripts_reload(s->scripts, "SIGHUP", NULL, 0);
     }
     wh_log(WH_LOG_INFO, "shutting down", "{s:i}", "signal", sig);
     atomic_store(&s->shutting_down, 1);
@@ -1163,6 +1462,9 @@ int wh_server_run(wh_server_t *s)
         pthread_join(s->parse_tids[i], NULL);
     s->parse_started = 0;
 
+    /* Processors finish their batch and its commits before the writer drains and stops. */
+    wh_processors_stop(s->processors);
+    s->processors = NULL;
     wh_store_close(s->store);
     s->store = NULL;
     wh_log(WH_LOG_INFO, "stopped", NULL);
@@ -1175,7 +1477,9 @@ void wh_server_free(wh_server_t *s)
         return;
     /* Loop threads have exited; their contexts are left to process exit, because disposing an
      * h2o context while its HTTP/2 graceful-shutdown timer is armed aborts (h2o 2.2.5). */
+    wh_processors_stop(s->processors);
     wh_store_close(s->store);
+    wh_scripts_free(s->scripts);
     for (size_t i = 0; i < s->num_routes; i++) {
         wh_cidr_list_free(s->routes[i].allow);
         wh_cidr_list_free(s->routes[i].trusted);

@@ -1,5 +1,6 @@
-/* The SQLite store: numbered migrations, one writer thread that group-commits queued events with
- * dedup and LID alias resolution, and read-only helpers for the events listing and alias lookups. */
+/* The SQLite store: numbered migrations, one writer thread that group-commits a FIFO of queued
+ * events (with dedup and LID alias resolution), processors' work commits and operator tasks, and
+ * read-only helpers for the events listing and alias lookups. */
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -12,10 +13,10 @@
 #include "wahook/envelope.h"
 #include "wahook/log.h"
 #include "wahook/store.h"
+#include "store_internal.h"
 
 #define WH__QUEUE_DEFAULT 10000
 #define WH__BATCH_DEFAULT 256
-#define WH__BUSY_DEFAULT_MS 5000
 
 /* Migration N is wh__migrations[N - 1]. Append only: a released migration never changes. */
 static const char *const wh__migrations[] = {
@@ -42,35 +43,133 @@ static const char *const wh__migrations[] = {
     " phone TEXT NOT NULL,"
     " learned_at INTEGER NOT NULL,"
     " PRIMARY KEY(instance, lid));",
+
+    /* 2: processing (DESIGN.md rules 3-4b): retry times, contact state, durable timers, the
+     * transactional outbox, script facts, metric counters, the native records and LID merges.
+     * Times are ms since the epoch except messages.ts (WhatsApp's seconds). Tables keyed by
+     * contact (contact_state, timers, outbox, contacts) use '' for instance-level rows. */
+    "ALTER TABLE events ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
+    /* Small: only pending rows. Per-contact FIFO checks and the retry wake-up time. */
+    "CREATE INDEX events_pending ON events(instance, contact_key, id) WHERE status = 'pending';"
+    "CREATE INDEX events_retry ON events(next_attempt_at)"
+    " WHERE status = 'pending' AND next_attempt_at > 0;"
+    "CREATE TABLE contact_state("
+    " instance TEXT NOT NULL,"
+    " contact_key TEXT NOT NULL,"
+    " state TEXT NOT NULL," /* a JSON object */
+    " updated_at INTEGER NOT NULL,"
+    " PRIMARY KEY(instance, contact_key));"
+    /* AUTOINCREMENT: a replaced timer never gets the old one's id back, so a run of the old
+     * one cannot delete or reschedule its replacement. */
+    "CREATE TABLE timers("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " instance TEXT NOT NULL,"
+    " contact_key TEXT NOT NULL,"
+    " name TEXT NOT NULL,"
+    " due_at INTEGER NOT NULL,"
+    " payload TEXT,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT,"
+    " created_at INTEGER NOT NULL,"
+    " UNIQUE(instance, contact_key, name));"
+    "CREATE INDEX timers_due ON timers(due_at);"
+    "CREATE TABLE outbox("
+    " id INTEGER PRIMARY KEY,"
+    " event_id INTEGER," /* NULL for actions of a timer run */
+    " instance TEXT NOT NULL,"
+    " contact_key TEXT NOT NULL,"
+    " target TEXT NOT NULL," /* evolution | crm | mail | alert */
+    " kind TEXT NOT NULL,"   /* the action type */
+    " payload TEXT NOT NULL,"
+    " status TEXT NOT NULL DEFAULT 'pending'," /* pending | inflight | done | dead */
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt_at INTEGER NOT NULL DEFAULT 0,"
+    " progress TEXT,"
+    " last_error TEXT,"
+    " response TEXT,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL);"
+    "CREATE INDEX outbox_status ON outbox(status, target, id);"
+    "CREATE INDEX outbox_contact ON outbox(target, contact_key, id);"
+    "CREATE TABLE facts("
+    " id INTEGER PRIMARY KEY,"
+    " event_id INTEGER,"
+    " instance TEXT NOT NULL,"
+    " contact_key TEXT,"
+    " kind TEXT NOT NULL,"
+    " fields TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE INDEX facts_kind ON facts(kind, created_at);"
+    "CREATE INDEX facts_instance ON facts(instance, created_at);"
+    "CREATE INDEX facts_contact ON facts(contact_key);"
+    "CREATE TABLE metrics_counts("
+    " name TEXT NOT NULL,"
+    " labels TEXT NOT NULL," /* compact JSON with sorted keys */
+    " value INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(name, labels)) WITHOUT ROWID;"
+    "CREATE TABLE messages("
+    " instance TEXT NOT NULL,"
+    " wa_id TEXT NOT NULL,"
+    " contact_key TEXT,"
+    " chat_jid TEXT,"
+    " direction TEXT," /* in | out */
+    " origin TEXT,"    /* contact | wahook | phone | api */
+    " type TEXT,"
+    " text TEXT,"
+    " ts INTEGER," /* seconds */
+    " status TEXT,"
+    " status_rank INTEGER NOT NULL DEFAULT 0,"
+    " event_id INTEGER,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " PRIMARY KEY(instance, wa_id));"
+    "CREATE INDEX messages_contact ON messages(contact_key, ts);"
+    "CREATE TABLE pending_receipts("
+    " instance TEXT NOT NULL,"
+    " wa_id TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " status_rank INTEGER NOT NULL,"
+    " at INTEGER NOT NULL,"
+    " PRIMARY KEY(instance, wa_id));"
+    "CREATE TABLE contacts("
+    " instance TEXT NOT NULL,"
+    " contact_key TEXT NOT NULL,"
+    " phone TEXT,"
+    " lid TEXT,"
+    " push_name TEXT,"
+    " first_seen INTEGER," /* first and last inbound message */
+    " last_seen INTEGER,"
+    " presence TEXT,"
+    " presence_at INTEGER,"
+    " PRIMARY KEY(instance, contact_key));"
+    "CREATE TABLE connection_history("
+    " id INTEGER PRIMARY KEY,"
+    " instance TEXT NOT NULL,"
+    " state TEXT,"
+    " status_reason INTEGER,"
+    " at INTEGER NOT NULL,"
+    " event_id INTEGER);"
+    "CREATE INDEX connection_history_instance ON connection_history(instance, id);"
+    /* One row per event, so a retried event does not add history twice. */
+    "CREATE UNIQUE INDEX connection_history_event ON connection_history(event_id);"
+    "CREATE TABLE qr_latest("
+    " instance TEXT PRIMARY KEY,"
+    " qr_base64 TEXT,"
+    " code TEXT,"
+    " pairing_code TEXT,"
+    " limit_reached INTEGER NOT NULL DEFAULT 0,"
+    " at INTEGER NOT NULL,"
+    " event_id INTEGER);"
+    "CREATE TABLE contact_merges("
+    " instance TEXT NOT NULL,"
+    " from_key TEXT NOT NULL," /* the LID key */
+    " to_key TEXT NOT NULL,"   /* the phone key */
+    " learned_at INTEGER NOT NULL,"
+    " PRIMARY KEY(instance, from_key));"
+    "CREATE INDEX contact_merges_to ON contact_merges(instance, to_key);",
 };
 
-struct wh_store {
-    sqlite3 *db; /* write connection: used by the opener, then by the writer thread only */
-    sqlite3_stmt *st_begin, *st_commit, *st_rollback;
-    sqlite3_stmt *st_alias_get, *st_alias_put, *st_insert, *st_find;
-    int schema_version;
-    size_t queue_max, batch_max;
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    wh_ingest_t *head, *tail; /* under mu */
-    size_t count;             /* under mu */
-    int closing;              /* under mu */
-    pthread_t writer;
-    int writer_started;
-
-    atomic_int write_ok; /* 0 after a failed batch until one succeeds */
-
-    /* Per-batch results, batch_max long, so the writer allocates nothing per job for them. */
-    int64_t *ids;
-    int *status;
-    unsigned char *dup;
-    /* Failure streak, for logging transitions rather than every failed batch. */
-    int fail_rc;
-    unsigned long fail_batches;
-};
-
-static void wh__set_err(char *err, size_t errlen, const char *fmt, ...)
+void wh__store_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
         return;
@@ -86,7 +185,7 @@ static const char *wh__nonempty(const char *s)
 }
 
 /* Steps a statement that returns no rows and resets it. Returns SQLITE_OK or the error. */
-static int wh__run(sqlite3_stmt *st)
+int wh__store_run(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
@@ -130,11 +229,11 @@ static int wh__migrate(sqlite3 *db, int *version, char *err, size_t errlen)
     for (;;) {
         int64_t cur = 0;
         if (wh__pragma_int(db, "PRAGMA user_version", &cur) != SQLITE_OK) {
-            wh__set_err(err, errlen, "cannot read schema version: %s", sqlite3_errmsg(db));
+            wh__store_set_err(err, errlen, "cannot read schema version: %s", sqlite3_errmsg(db));
             return WH_EIO;
         }
         if (cur > known) {
-            wh__set_err(err, errlen,
+            wh__store_set_err(err, errlen,
                         "database schema version %lld is newer than this wahook supports (%d); "
                         "use a newer wahook or another database",
                         (long long)cur, known);
@@ -145,7 +244,7 @@ static int wh__migrate(sqlite3 *db, int *version, char *err, size_t errlen)
             return WH_OK;
         }
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-            wh__set_err(err, errlen, "cannot start migration: %s", sqlite3_errmsg(db));
+            wh__store_set_err(err, errlen, "cannot start migration: %s", sqlite3_errmsg(db));
             return WH_EIO;
         }
         int64_t locked = 0;
@@ -163,7 +262,7 @@ static int wh__migrate(sqlite3 *db, int *version, char *err, size_t errlen)
             goto fail;
         continue;
     fail:
-        wh__set_err(err, errlen, "migration %d failed: %s", (int)cur + 1, sqlite3_errmsg(db));
+        wh__store_set_err(err, errlen, "migration %d failed: %s", (int)cur + 1, sqlite3_errmsg(db));
         if (!sqlite3_get_autocommit(db))
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         return WH_EIO;
@@ -179,6 +278,10 @@ static int wh__prepare_all(wh_store_t *s, char *err, size_t errlen)
         {&s->st_begin, "BEGIN IMMEDIATE"},
         {&s->st_commit, "COMMIT"},
         {&s->st_rollback, "ROLLBACK"},
+        /* Each item runs in a savepoint, so one refused on its own data fails alone. */
+        {&s->st_savepoint, "SAVEPOINT wh_item"},
+        {&s->st_release, "RELEASE wh_item"},
+        {&s->st_rollback_to, "ROLLBACK TO wh_item"},
         {&s->st_alias_get, "SELECT phone FROM contact_aliases WHERE instance = ?1 AND lid = ?2"},
         /* Rewrite only when the phone changed, so a repeated mapping costs no page write. */
         {&s->st_alias_put,
@@ -194,16 +297,17 @@ static int wh__prepare_all(wh_store_t *s, char *err, size_t errlen)
     for (size_t i = 0; i < WH_ARRAY_SIZE(list); i++) {
         if (sqlite3_prepare_v3(s->db, list[i].sql, -1, SQLITE_PREPARE_PERSISTENT, list[i].st,
                                NULL) != SQLITE_OK) {
-            wh__set_err(err, errlen, "cannot prepare store statement: %s", sqlite3_errmsg(s->db));
+            wh__store_set_err(err, errlen, "cannot prepare store statement: %s",
+                              sqlite3_errmsg(s->db));
             return WH_EIO;
         }
     }
-    return WH_OK;
+    return wh__work_prepare(s, err, errlen);
 }
 
 /* A failure caused by the job itself (too big, a constraint), with the transaction still open:
  * it fails that job only, so one bad submission cannot keep failing its batch neighbours. */
-static int wh__is_job_error(sqlite3 *db, int rc)
+int wh__store_is_item_error(sqlite3 *db, int rc)
 {
     switch (rc & 0xff) {
     case SQLITE_TOOBIG:
@@ -235,7 +339,11 @@ static int wh__write_job(wh_store_t *s, const wh_ingest_t *job, int64_t now, int
         sqlite3_bind_text(st, 2, lid, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, phone, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, now);
-        if ((rc = wh__run(st)) != SQLITE_OK)
+        if ((rc = wh__store_run(st)) != SQLITE_OK)
+            goto out;
+        /* A new or changed mapping: rows a LID-keyed contact left behind must be merged. */
+        if (sqlite3_changes(s->db) > 0 &&
+            (rc = wh__merge_note(s, job->instance, lid, phone, now)) != SQLITE_OK)
             goto out;
     } else if (lid != NULL) {
         sqlite3_stmt *st = s->st_alias_get;
@@ -270,7 +378,7 @@ static int wh__write_job(wh_store_t *s, const wh_ingest_t *job, int64_t now, int
         (rc = sqlite3_bind_text64(st, 6, job->body, job->body_len, SQLITE_STATIC, SQLITE_UTF8)) !=
             SQLITE_OK)
         goto out;
-    if ((rc = wh__run(st)) != SQLITE_OK)
+    if ((rc = wh__store_run(st)) != SQLITE_OK)
         goto out;
     if (sqlite3_changes(s->db) > 0) {
         *id = sqlite3_last_insert_rowid(s->db);
@@ -294,7 +402,7 @@ static int wh__write_job(wh_store_t *s, const wh_ingest_t *job, int64_t now, int
 
 out:
     free(key);
-    if (rc != SQLITE_OK && wh__is_job_error(s->db, rc)) {
+    if (rc != SQLITE_OK && wh__store_is_item_error(s->db, rc)) {
         *status = WH_EINVAL; /* permanent: retrying the same job cannot succeed */
         rc = SQLITE_OK;
     }
@@ -322,20 +430,53 @@ static void wh__note_result(wh_store_t *s, int rc, const char *msg, size_t n)
     atomic_store(&s->write_ok, 0);
 }
 
-/* Writes one batch in one transaction, then runs every job's callback. */
-static void wh__write_batch(wh_store_t *s, wh_ingest_t *batch, size_t n)
+/* Runs one queued item inside the batch transaction, in its own savepoint. Returns SQLITE_OK
+ * with s->status[i] set, or the SQLite error that fails the whole batch. *wake is raised when
+ * the item committed something processors must look at. */
+static int wh__write_item(wh_store_t *s, size_t i, int64_t now, int *wake)
+{
+    const wh__qitem_t *q = &s->batch[i];
+    int item_wake = 0;
+    int rc = wh__store_run(s->st_savepoint);
+    if (rc != SQLITE_OK)
+        return rc;
+    s->ids[i] = 0;
+    s->dup[i] = 0;
+    switch (q->kind) {
+    case WH__Q_INGEST:
+        rc = wh__write_job(s, q->p, now, &s->ids[i], &s->dup[i], &s->status[i]);
+        item_wake = !s->dup[i];
+        break;
+    case WH__Q_WORK:
+        rc = wh__work_apply(s, q->p, now, &s->status[i], &item_wake);
+        break;
+    default:
+        rc = wh__task_apply(s, q->p, now, &s->status[i], &item_wake);
+        break;
+    }
+    if (rc != SQLITE_OK)
+        return rc;
+    if (s->status[i] != WH_OK) {
+        /* Undo whatever part of the item was written; its neighbours keep theirs. */
+        if ((rc = wh__store_run(s->st_rollback_to)) != SQLITE_OK)
+            return rc;
+    } else if (item_wake) {
+        *wake = 1;
+    }
+    return wh__store_run(s->st_release);
+}
+
+/* Writes one batch in one transaction, then wakes processors and runs every item's callback. */
+static void wh__write_batch(wh_store_t *s, size_t n, void (*hook)(void *), void *hook_arg)
 {
     int64_t now = wh_now_ms();
-    int rc = wh__run(s->st_begin);
+    int wake = 0;
+    int rc = wh__store_run(s->st_begin);
     if (rc == SQLITE_OK) {
-        size_t i = 0;
-        for (wh_ingest_t *job = batch; job != NULL; job = job->next, i++) {
-            rc = wh__write_job(s, job, now, &s->ids[i], &s->dup[i], &s->status[i]);
-            if (rc != SQLITE_OK)
-                break;
-        }
+        for (size_t i = 0; i < n && rc == SQLITE_OK; i++)
+            rc = wh__write_item(s, i, now, &wake);
         if (rc == SQLITE_OK)
-            rc = wh__run(s->st_commit);
+            rc = wh__store_run(s->st_commit);
     }
 
     int fail = WH_OK;
@@ -343,22 +484,43 @@ static void wh__write_batch(wh_store_t *s, wh_ingest_t *batch, size_t n)
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", sqlite3_errmsg(s->db)); /* ROLLBACK resets it */
         if (!sqlite3_get_autocommit(s->db))
-            wh__run(s->st_rollback);
+            wh__store_run(s->st_rollback);
         fail = (rc & 0xff) == SQLITE_FULL ? WH_EFULL : WH_EIO;
         wh__note_result(s, rc, msg, n);
+        wake = 0;
     } else {
         wh__note_result(s, SQLITE_OK, NULL, n);
     }
+    if (wake && hook != NULL)
+        hook(hook_arg);
 
-    /* The callback may free the job: read next first and never look at the job afterwards. */
-    size_t i = 0;
-    for (wh_ingest_t *job = batch, *next; job != NULL; job = next, i++) {
-        next = job->next;
-        job->next = NULL;
-        if (fail != WH_OK)
-            job->cb(job, fail, 0, 0);
-        else
-            job->cb(job, s->status[i], s->status[i] == WH_OK ? s->ids[i] : 0, s->dup[i]);
+    /* A callback may free its item: never look at an item after its callback ran. */
+    for (size_t i = 0; i < n; i++) {
+        int st = fail != WH_OK ? fail : s->status[i];
+        switch (s->batch[i].kind) {
+        case WH__Q_INGEST: {
+            wh_ingest_t *job = s->batch[i].p;
+            job->next = NULL;
+            job->cb(job, st, st == WH_OK ? s->ids[i] : 0, st == WH_OK ? s->dup[i] : 0);
+            break;
+        }
+        case WH__Q_WORK: {
+            wh_work_commit_t *c = s->batch[i].p;
+            c->next_commit = NULL;
+            c->cb(c, st);
+            break;
+        }
+        default: {
+            wh__task_t *t = s->batch[i].p;
+            pthread_mutex_lock(&s->mu);
+            t->status = st;
+            t->done = 1;
+            pthread_cond_broadcast(&s->sync_cv);
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        }
+        s->batch[i].p = NULL;
     }
 }
 
@@ -371,20 +533,25 @@ static void *wh__writer_main(void *arg)
             pthread_cond_wait(&s->cv, &s->mu);
         if (s->count == 0)
             break; /* closing, and everything queued before it is committed */
-        /* Group commit: take everything waiting, up to batch_max. */
-        wh_ingest_t *batch = s->head, *last = batch;
-        size_t n = 1;
-        while (n < s->batch_max && last->next != NULL) {
-            last = last->next;
-            n++;
+        /* Group commit: take everything waiting, up to batch_max, in arrival order. */
+        size_t n = s->count < s->batch_max ? s->count : s->batch_max;
+        for (size_t i = 0; i < n; i++) {
+            wh__qitem_t *q = &s->ring[(s->ring_head + i) % s->ring_cap];
+            s->batch[i] = *q;
+            q->p = NULL;
+            if (q->kind == WH__Q_INGEST)
+                s->n_ingest--;
+            else if (q->kind == WH__Q_WORK)
+                s->n_work--;
+            else
+                s->n_task--;
         }
-        s->head = last->next;
-        if (s->head == NULL)
-            s->tail = NULL;
-        last->next = NULL;
+        s->ring_head = (s->ring_head + n) % s->ring_cap;
         s->count -= n;
+        void (*hook)(void *) = s->hook_fn;
+        void *hook_arg = s->hook_arg;
         pthread_mutex_unlock(&s->mu);
-        wh__write_batch(s, batch, n);
+        wh__write_batch(s, n, hook, hook_arg);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -393,20 +560,26 @@ static void *wh__writer_main(void *arg)
 
 static void wh__store_free(wh_store_t *s)
 {
-    sqlite3_stmt *sts[] = {s->st_begin,     s->st_commit,   s->st_rollback, s->st_alias_get,
-                           s->st_alias_put, s->st_insert,   s->st_find};
+    sqlite3_stmt *sts[] = {s->st_begin,       s->st_commit,    s->st_rollback, s->st_savepoint,
+                           s->st_release,     s->st_rollback_to, s->st_alias_get,
+                           s->st_alias_put,   s->st_insert,    s->st_find};
     for (size_t i = 0; i < WH_ARRAY_SIZE(sts); i++)
         sqlite3_finalize(sts[i]);
+    wh__work_finalize(s);
     if (s->db != NULL) {
         if (s->writer_started) /* leave a short WAL behind; readers may prevent it, which is fine */
             sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_close(s->db);
     }
+    pthread_cond_destroy(&s->sync_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    free(s->ring);
+    free(s->batch);
     free(s->ids);
     free(s->status);
     free(s->dup);
+    free(s->dump);
     free(s);
 }
 
@@ -414,26 +587,32 @@ int wh_store_open(wh_store_t **out, const wh_store_opts_t *opts, char *err, size
 {
     *out = NULL;
     if (opts == NULL || opts->path == NULL || opts->path[0] == '\0') {
-        wh__set_err(err, errlen, "store path is empty");
+        wh__store_set_err(err, errlen, "store path is empty");
         return WH_EINVAL;
     }
     wh_store_t *s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        wh__set_err(err, errlen, "out of memory");
+        wh__store_set_err(err, errlen, "out of memory");
         return WH_ENOMEM;
     }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->sync_cv, NULL);
     atomic_init(&s->write_ok, 1);
     s->queue_max = opts->queue_max > 0 ? opts->queue_max : WH__QUEUE_DEFAULT;
     s->batch_max = opts->batch_max > 0 ? opts->batch_max : WH__BATCH_DEFAULT;
+    /* Room for a full ingest queue, a full work queue and the synchronous tasks. */
+    s->ring_cap = 2 * s->queue_max + WH__TASKS_MAX;
 
     int ret = WH_EIO;
+    s->ring = calloc(s->ring_cap, sizeof(*s->ring));
+    s->batch = calloc(s->batch_max, sizeof(*s->batch));
     s->ids = malloc(s->batch_max * sizeof(*s->ids));
     s->status = malloc(s->batch_max * sizeof(*s->status));
     s->dup = malloc(s->batch_max * sizeof(*s->dup));
-    if (s->ids == NULL || s->status == NULL || s->dup == NULL) {
-        wh__set_err(err, errlen, "out of memory");
+    if (s->ring == NULL || s->batch == NULL || s->ids == NULL || s->status == NULL ||
+        s->dup == NULL) {
+        wh__store_set_err(err, errlen, "out of memory");
         ret = WH_ENOMEM;
         goto fail;
     }
@@ -442,7 +621,7 @@ int wh_store_open(wh_store_t **out, const wh_store_opts_t *opts, char *err, size
     int rc = sqlite3_open_v2(opts->path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        wh__set_err(err, errlen, "cannot open %s: %s", opts->path,
+        wh__store_set_err(err, errlen, "cannot open %s: %s", opts->path,
                     s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         goto fail;
     }
@@ -452,32 +631,32 @@ int wh_store_open(wh_store_t **out, const wh_store_opts_t *opts, char *err, size
 
     char mode[16];
     if (wh__pragma_text(s->db, "PRAGMA journal_mode = WAL", mode, sizeof(mode)) != SQLITE_OK) {
-        wh__set_err(err, errlen, "cannot open %s: %s", opts->path, sqlite3_errmsg(s->db));
+        wh__store_set_err(err, errlen, "cannot open %s: %s", opts->path, sqlite3_errmsg(s->db));
         goto fail;
     }
     if (strcasecmp(mode, "wal") != 0) {
-        wh__set_err(err, errlen, "cannot put %s in WAL mode (journal_mode is %s)", opts->path,
+        wh__store_set_err(err, errlen, "cannot put %s in WAL mode (journal_mode is %s)", opts->path,
                     mode);
         goto fail;
     }
     const char *sync = opts->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
     if (sqlite3_exec(s->db, sync, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA foreign_keys = ON", NULL, NULL, NULL) != SQLITE_OK) {
-        wh__set_err(err, errlen, "cannot configure %s: %s", opts->path, sqlite3_errmsg(s->db));
+        wh__store_set_err(err, errlen, "cannot configure %s: %s", opts->path, sqlite3_errmsg(s->db));
         goto fail;
     }
     if (opts->max_size > 0) {
         int64_t page = 0;
         char sql[64];
         if (wh__pragma_int(s->db, "PRAGMA page_size", &page) != SQLITE_OK || page <= 0) {
-            wh__set_err(err, errlen, "cannot read page size: %s", sqlite3_errmsg(s->db));
+            wh__store_set_err(err, errlen, "cannot read page size: %s", sqlite3_errmsg(s->db));
             goto fail;
         }
         int64_t pages = opts->max_size / page;
         snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %lld",
                  (long long)(pages > 0 ? pages : 1));
         if (sqlite3_exec(s->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
-            wh__set_err(err, errlen, "cannot cap database size: %s", sqlite3_errmsg(s->db));
+            wh__store_set_err(err, errlen, "cannot cap database size: %s", sqlite3_errmsg(s->db));
             goto fail;
         }
     }
@@ -487,7 +666,7 @@ int wh_store_open(wh_store_t **out, const wh_store_opts_t *opts, char *err, size
     if ((ret = wh__prepare_all(s, err, errlen)) != WH_OK)
         goto fail;
     if (pthread_create(&s->writer, NULL, wh__writer_main, s) != 0) {
-        wh__set_err(err, errlen, "cannot start the store writer thread");
+        wh__store_set_err(err, errlen, "cannot start the store writer thread");
         ret = WH_ERR;
         goto fail;
     }
@@ -500,6 +679,23 @@ fail:
     return ret;
 }
 
+/* Appends an item to the writer's FIFO under s->mu. The writer only sleeps on an empty queue,
+ * so only the first item needs to wake it. */
+static void wh__enqueue_locked(wh_store_t *s, void *p, int kind)
+{
+    wh__qitem_t *q = &s->ring[(s->ring_head + s->count) % s->ring_cap];
+    q->p = p;
+    q->kind = kind;
+    if (kind == WH__Q_INGEST)
+        s->n_ingest++;
+    else if (kind == WH__Q_WORK)
+        s->n_work++;
+    else
+        s->n_task++;
+    if (++s->count == 1)
+        pthread_cond_signal(&s->cv);
+}
+
 int wh_store_submit(wh_store_t *s, wh_ingest_t *job)
 {
     if (s == NULL || job == NULL || job->instance == NULL || job->event == NULL ||
@@ -507,24 +703,61 @@ int wh_store_submit(wh_store_t *s, wh_ingest_t *job)
         return WH_EINVAL;
     job->next = NULL;
     pthread_mutex_lock(&s->mu);
+    int ret = WH_OK;
+    if (s->closing)
+        ret = WH_ESHUTDOWN;
+    else if (s->n_ingest >= s->queue_max)
+        ret = WH_EFULL;
+    else
+        wh__enqueue_locked(s, job, WH__Q_INGEST);
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int wh_store_commit_work(wh_store_t *s, wh_work_commit_t *c)
+{
+    if (s == NULL || c == NULL || c->item == NULL || c->cb == NULL)
+        return WH_EINVAL;
+    c->next_commit = NULL;
+    pthread_mutex_lock(&s->mu);
+    int ret = WH_OK;
+    if (s->closing)
+        ret = WH_ESHUTDOWN;
+    else if (s->n_work >= s->queue_max)
+        ret = WH_EFULL;
+    else
+        wh__enqueue_locked(s, c, WH__Q_WORK);
+    pthread_mutex_unlock(&s->mu);
+    return ret;
+}
+
+int wh__store_sync(wh_store_t *s, wh__task_t *t)
+{
+    t->done = 0;
+    t->status = WH_OK;
+    pthread_mutex_lock(&s->mu);
     if (s->closing) {
         pthread_mutex_unlock(&s->mu);
         return WH_ESHUTDOWN;
     }
-    if (s->count >= s->queue_max) {
+    if (s->n_task >= WH__TASKS_MAX) {
         pthread_mutex_unlock(&s->mu);
-        return WH_EFULL;
+        return WH_EBUSY;
     }
-    if (s->tail != NULL)
-        s->tail->next = job;
-    else
-        s->head = job;
-    s->tail = job;
-    /* The writer only sleeps on an empty queue, so only the first job needs to wake it. */
-    if (++s->count == 1)
-        pthread_cond_signal(&s->cv);
+    wh__enqueue_locked(s, t, WH__Q_TASK);
+    /* close() drains the queue before it stops the writer, so this wait always ends. */
+    while (!t->done)
+        pthread_cond_wait(&s->sync_cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
-    return WH_OK;
+    return t->status;
+}
+
+void wh_store_set_commit_hook(wh_store_t *s, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&s->mu);
+    s->hook_fn = fn;
+    s->hook_arg = arg;
+    pthread_mutex_unlock(&s->mu);
 }
 
 int wh_store_ready(wh_store_t *s)
@@ -560,16 +793,16 @@ void wh_store_close(wh_store_t *s)
     wh__store_free(s);
 }
 
-static int wh__open_ro(const char *path, sqlite3 **db, char *err, size_t errlen)
+int wh__store_open_ro(const char *path, sqlite3 **db, char *err, size_t errlen)
 {
     *db = NULL;
     if (path == NULL || path[0] == '\0') {
-        wh__set_err(err, errlen, "store path is empty");
+        wh__store_set_err(err, errlen, "store path is empty");
         return WH_EINVAL;
     }
     int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        wh__set_err(err, errlen, "cannot open %s: %s", path,
+        wh__store_set_err(err, errlen, "cannot open %s: %s", path,
                     *db != NULL ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
         sqlite3_close(*db);
         *db = NULL;
@@ -583,12 +816,12 @@ int wh_store_events_list(const char *path, int64_t since, int limit, wh_event_ro
                          void *ctx, char *err, size_t errlen)
 {
     if (limit <= 0 || cb == NULL) {
-        wh__set_err(err, errlen, "limit must be positive");
+        wh__store_set_err(err, errlen, "limit must be positive");
         return WH_EINVAL;
     }
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    int ret = wh__open_ro(path, &db, err, errlen);
+    int ret = wh__store_open_ro(path, &db, err, errlen);
     if (ret != WH_OK)
         return ret;
     ret = WH_EIO;
@@ -621,7 +854,7 @@ int wh_store_events_list(const char *path, int64_t since, int limit, wh_event_ro
 
 done:
     if (ret != WH_OK)
-        wh__set_err(err, errlen, "cannot list events: %s", sqlite3_errmsg(db));
+        wh__store_set_err(err, errlen, "cannot list events: %s", sqlite3_errmsg(db));
     sqlite3_finalize(st);
     sqlite3_close(db);
     return ret;
@@ -634,7 +867,7 @@ int wh_store_alias_lookup(const char *path, const char *instance, const char *li
         return WH_EINVAL;
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    int ret = wh__open_ro(path, &db, NULL, 0);
+    int ret = wh__store_open_ro(path, &db, NULL, 0);
     if (ret != WH_OK)
         return ret;
     ret = WH_EIO;

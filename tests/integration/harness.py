@@ -13,6 +13,7 @@ Config placeholders replaced by Server before writing the file:
   @PORT@ @PORT2@ @ADMIN_PORT@   free loopback ports picked for this server
   @DATA_DIR@                    <tmp>/data
   @TMP@                         the server's temporary directory
+  @SCRIPTS_DIR@                 the repository's scripts/ (the default of make_conf)
 """
 
 import base64
@@ -133,7 +134,7 @@ def indent(text, n):
 
 
 def make_conf(route, top="", path=WEBHOOK_PATH, env_mode="production", limit="1M", threads=2,
-              sync="normal", listen=None):
+              sync="normal", listen=None, scripts="@SCRIPTS_DIR@"):
     """A full config: the usual prelude (one loopback listener, data dir, admin listener) plus the
     wahook.webhook mapping given by the test in `route` (YAML, any indentation), and `top` for
     extra top-level directives. Placeholders are filled in by Server."""
@@ -145,6 +146,7 @@ def make_conf(route, top="", path=WEBHOOK_PATH, env_mode="production", limit="1M
             "limit-request-body: %s\n" % limit +
             env_line +
             "wahook.data-dir: @DATA_DIR@\n"
+            "wahook.scripts.dir: %s\n" % scripts +
             "wahook.store.synchronous: %s\n" % sync +
             "wahook.admin:\n  host: 127.0.0.1\n  port: @ADMIN_PORT@\n  token: admintok\n")
     if top:
@@ -282,7 +284,8 @@ class Server:
                           .replace("@PORT2@", str(self.port2))
                           .replace("@ADMIN_PORT@", str(self.admin_port))
                           .replace("@DATA_DIR@", self.data_dir)
-                          .replace("@TMP@", self.tmp))
+                          .replace("@TMP@", self.tmp)
+                          .replace("@SCRIPTS_DIR@", os.path.join(SOURCE_DIR, "scripts")))
         self.conf_path = os.path.join(self.tmp, "wahook.conf")
         with open(self.conf_path, "w") as f:
             f.write(self.conf_text)

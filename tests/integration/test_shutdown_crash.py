@@ -213,8 +213,10 @@ class EventsList(harness.WahookTestCase):
         self.assertEqual([r["id"] for r in rows], ids, "every event, oldest first")
         for r in rows:
             d = db[r["id"]]
-            for k in ("instance", "event", "dedup_id", "contact_key", "status"):
+            # status is left out here: processors move events to done meanwhile
+            for k in ("instance", "event", "dedup_id", "contact_key"):
                 self.assertEqual(r[k], d[k], "field %s of event %d" % (k, r["id"]))
+            self.assertIn(r["status"], ("pending", "done"))
             body = r["body"] if isinstance(r["body"], dict) else json.loads(r["body"])
             self.assertEqual(body.get("event"), d["event"])
         self.assertEqual(rows[0]["dedup_id"], "A5F3C8E1B2D4967F0E1A2B3C4D5E6F70")
@@ -230,6 +232,9 @@ class EventsList(harness.WahookTestCase):
         self.assertEqual(srv.stop(), 0, srv.tail())
         rows = self.listing(srv, [])
         self.assertEqual([r["id"] for r in rows], ids, "the listing works with the server down")
+        db = {r["id"]: r for r in srv.events()}
+        for r in rows:
+            self.assertEqual(r["status"], db[r["id"]]["status"], "status of event %d" % r["id"])
 
 
 if __name__ == "__main__":

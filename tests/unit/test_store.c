@@ -1,5 +1,6 @@
-/* Unit tests for the SQLite store: migrations, group-committed writes from many threads, dedup,
- * LID alias learning, back-pressure, disk full, lock timeouts and draining on close. */
+/* Unit tests for the SQLite store's ingest side: migrations, group-committed writes from many
+ * threads, dedup, LID alias learning, back-pressure, disk full, lock timeouts and draining on
+ * close. Processing is tested in test_store_work.c. */
 #include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -227,7 +228,7 @@ static void test_migrations_and_reopen(void)
     wh_store_t *s = open_store(path, NULL);
     if (s == NULL)
         return;
-    CHECK_INT(wh_store_schema_version(s), 1);
+    CHECK_INT(wh_store_schema_version(s), 2);
     CHECK_INT(wh_store_ready(s), 1);
     CHECK_INT(wh_store_queue_depth(s), 0);
 
@@ -242,7 +243,7 @@ static void test_migrations_and_reopen(void)
     CHECK_INT(j.dup, 0);
     wh_store_close(s);
 
-    CHECK_INT(raw_int(path, "PRAGMA user_version"), 1);
+    CHECK_INT(raw_int(path, "PRAGMA user_version"), 2);
     CHECK_INT(raw_int(path, "SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
     CHECK_INT(raw_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
                             "('events', 'contact_aliases')"),
@@ -252,11 +253,11 @@ static void test_migrations_and_reopen(void)
               2);
     CHECK_INT(raw_int(path, "SELECT count(*) FROM pragma_index_list('events') WHERE \"unique\""), 1);
 
-    /* Reopening finds version 1 and runs nothing: migration 1 would fail on existing tables. */
+    /* Reopening finds version 2 and runs nothing: the migrations would fail on existing tables. */
     s = open_store(path, NULL);
     if (s == NULL)
         return;
-    CHECK_INT(wh_store_schema_version(s), 1);
+    CHECK_INT(wh_store_schema_version(s), 2);
     tjob_t j2;
     tjob_init(&j2, &col, "inst", "messages.upsert", "ABC", NULL, NULL, "{\"a\":2}");
     CHECK_INT(wh_store_submit(s, &j2.in), 0);
@@ -644,7 +645,7 @@ static void test_disk_full(void)
 {
     char path[128];
     db_path(path, sizeof(path));
-    wh_store_opts_t o = {.max_size = 64 * 1024};
+    wh_store_opts_t o = {.max_size = 256 * 1024};
     wh_store_t *s = open_store(path, &o);
     if (s == NULL)
         return;
