@@ -33,6 +33,8 @@ int luaopen_cjson_safe(lua_State *L); /* in liblua5.4-cjson, not declared by its
 struct wh_lua_vm {
     lua_State *L;
     char *scripts_dir; /* realpath, no trailing slash */
+    int (*source_fn)(void *ud, const char *rel, const char **data, size_t *len);
+    void *source_ud;
     size_t mem_limit, mem_used, mem_peak;
     int deadline_ms;
     json_t *config;
@@ -510,6 +512,23 @@ static int wh__require(lua_State *L)
     for (char *p = rel; *p != '\0'; p++)
         if (*p == '.' && strcmp(p, ".lua") != 0)
             *p = '/';
+    if (vm->source_fn != NULL) {
+        /* A snapshot of the scripts: the bytes a reload hashed and checked. */
+        const char *data = NULL;
+        size_t dlen = 0;
+        if (vm->source_fn(vm->source_ud, rel, &data, &dlen) != WH_OK)
+            return wh_lua_errorf(L,
+                                 "require: module \"%s\" not found (no %s in the scripts "
+                                 "directory)",
+                                 name, rel);
+        char chunk[sizeof(rel) + 1];
+        snprintf(chunk, sizeof(chunk), "@%s", rel);
+        if (luaL_loadbufferx(L, data, dlen, chunk, "t") != LUA_OK) /* 5 */
+            return lua_error(L);
+        lua_pushnil(L); /* 6: keeps the stack shape of the disk path below */
+        lua_insert(L, 5);
+        goto loaded;
+    }
     if ((size_t)snprintf(path, sizeof(path), "%s/%s", vm->scripts_dir, rel) >= sizeof(path))
         return wh_lua_errorf(L, "require: module path for \"%s\" is too long", name);
     if (realpath(path, real) == NULL)
@@ -552,6 +571,7 @@ static int wh__require(lua_State *L)
     if (luaL_loadbufferx(L, buf, got, chunkname, "t") != LUA_OK) /* 6 */
         return lua_error(L); /* "bot/flow.lua:3: unexpected symbol near …" */
 
+loaded:
     lua_pushboolean(L, 1);
     lua_setfield(L, 4, name);
     lua_pushvalue(L, 1);
@@ -682,6 +702,8 @@ wh_lua_vm_t *wh_lua_vm_new(const wh_lua_vm_opts_t *opts, char *err, size_t errle
     vm->http_ud = opts->http_ud;
     vm->clock_fn = opts->clock_fn;
     vm->clock_ud = opts->clock_ud;
+    vm->source_fn = opts->source_fn;
+    vm->source_ud = opts->source_ud;
     vm->phase = WH_PHASE_LOAD;
 
     char real[PATH_MAX];

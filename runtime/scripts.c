@@ -22,6 +22,7 @@
 
 #define WH__MAX_SCRIPT_FILES 4096
 #define WH__MAX_WATCH_DIRS 256
+#define WH__MAX_SCRIPT_BYTES ((size_t)8 * 1024 * 1024)
 
 struct wh_scripts {
     char *dir;
@@ -42,19 +43,47 @@ struct wh_scripts {
     int stop_pipe[2];
 };
 
-/* ---- hashing -------------------------------------------------------------------------------- */
+/* ---- snapshots ---------------------------------------------------------------------------- */
 
 typedef struct wh__file_list {
-    char **paths; /* relative to the scripts dir */
+    wh_script_file_t *v;
     size_t n, cap;
 } wh__file_list_t;
 
-static int wh__cmp_str(const void *a, const void *b)
+static int wh__cmp_file(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const wh_script_file_t *)a)->rel, ((const wh_script_file_t *)b)->rel);
 }
 
-static int wh__collect(const char *root, const char *rel, wh__file_list_t *l, int depth)
+static char *wh__read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf != NULL && (r = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            if (cap >= WH__MAX_SCRIPT_BYTES) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            char *nb = realloc(buf, cap *= 2);
+            if (nb == NULL)
+                free(buf);
+            buf = nb;
+        }
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+static int wh__collect(const char *root, const char *real_root, const char *rel,
+                       wh__file_list_t *l, int depth)
 {
     if (depth > 16)
         return 0;
@@ -65,72 +94,85 @@ static int wh__collect(const char *root, const char *rel, wh__file_list_t *l, in
         return -1;
     struct dirent *e;
     int rc = 0;
+    size_t rl = strlen(real_root);
     while ((e = readdir(d)) != NULL && rc == 0) {
         if (e->d_name[0] == '.')
             continue;
-        char sub[PATH_MAX], full[PATH_MAX * 2];
+        char sub[PATH_MAX], full[PATH_MAX * 2], real[PATH_MAX];
         if ((size_t)snprintf(sub, sizeof(sub), "%s%s%s", rel, rel[0] ? "/" : "", e->d_name) >=
             sizeof(sub))
             continue;
         snprintf(full, sizeof(full), "%s/%s", root, sub);
+        /* A symlink that leads outside the scripts directory is not part of the scripts. */
+        if (realpath(full, real) == NULL || strncmp(real, real_root, rl) != 0 || real[rl] != '/')
+            continue;
         struct stat st;
-        if (stat(full, &st) != 0)
+        if (stat(real, &st) != 0)
             continue;
         if (S_ISDIR(st.st_mode)) {
-            rc = wh__collect(root, sub, l, depth + 1);
-        } else if (S_ISREG(st.st_mode)) {
-            size_t n = strlen(sub);
-            if (n < 4 || strcmp(sub + n - 4, ".lua") != 0)
-                continue;
-            if (l->n == WH__MAX_SCRIPT_FILES)
-                break;
-            if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 64;
-                char **np = realloc(l->paths, cap * sizeof(*np));
-                if (np == NULL) {
-                    rc = -1;
-                    break;
-                }
-                l->paths = np;
-                l->cap = cap;
-            }
-            if ((l->paths[l->n] = strdup(sub)) == NULL)
-                rc = -1;
-            else
-                l->n++;
+            rc = wh__collect(root, real_root, sub, l, depth + 1);
+            continue;
         }
+        size_t n = strlen(sub);
+        if (!S_ISREG(st.st_mode) || n < 4 || strcmp(sub + n - 4, ".lua") != 0)
+            continue;
+        if (l->n == WH__MAX_SCRIPT_FILES)
+            break;
+        if (l->n == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 64;
+            wh_script_file_t *nv = realloc(l->v, cap * sizeof(*nv));
+            if (nv == NULL) {
+                rc = -1;
+                break;
+            }
+            l->v = nv;
+            l->cap = cap;
+        }
+        wh_script_file_t *f = &l->v[l->n];
+        f->data = wh__read_file(real, &f->len);
+        if (f->data == NULL)
+            continue; /* removed meanwhile, or too large: the next change reloads again */
+        if ((f->rel = strdup(sub)) == NULL) {
+            free(f->data);
+            rc = -1;
+            break;
+        }
+        l->n++;
     }
     closedir(d);
     return rc;
 }
 
-int wh_scripts_hash(const char *dir, const json_t *config, char out[17], char *err,
-                    size_t errlen)
+void wh_scripts_files_free(wh_script_file_t *files, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(files[i].rel);
+        free(files[i].data);
+    }
+    free(files);
+}
+
+int wh_scripts_snapshot(const char *dir, const json_t *config, wh_script_file_t **files,
+                        size_t *num_files, char out[17], char *err, size_t errlen)
 {
     int rc = WH_ERR;
     wh__file_list_t l = {0};
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     char *cfg = NULL;
+    char real_root[PATH_MAX];
+    *files = NULL;
+    *num_files = 0;
     if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
         goto out;
-    if (wh__collect(dir, "", &l, 0) != 0) {
+    if (realpath(dir, real_root) == NULL || wh__collect(dir, real_root, "", &l, 0) != 0) {
         snprintf(err, errlen, "cannot read scripts directory %s: %s", dir, strerror(errno));
         rc = WH_EIO;
         goto out;
     }
-    qsort(l.paths, l.n, sizeof(*l.paths), wh__cmp_str);
+    qsort(l.v, l.n, sizeof(*l.v), wh__cmp_file);
     for (size_t i = 0; i < l.n; i++) {
-        char full[PATH_MAX];
-        snprintf(full, sizeof(full), "%s/%s", dir, l.paths[i]);
-        FILE *f = fopen(full, "rb");
-        if (f == NULL)
-            continue; /* removed meanwhile: the next change event reloads again */
-        EVP_DigestUpdate(md, l.paths[i], strlen(l.paths[i]) + 1);
-        char buf[16384];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-            EVP_DigestUpdate(md, buf, n);
-        fclose(f);
+        EVP_DigestUpdate(md, l.v[i].rel, strlen(l.v[i].rel) + 1);
+        EVP_DigestUpdate(md, l.v[i].data, l.v[i].len);
     }
     cfg = config != NULL ? json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     if (cfg != NULL)
@@ -140,11 +182,13 @@ int wh_scripts_hash(const char *dir, const json_t *config, char out[17], char *e
     EVP_DigestFinal_ex(md, digest, &dlen);
     for (int i = 0; i < 8; i++)
         snprintf(out + 2 * i, 3, "%02x", digest[i]);
+    *files = l.v;
+    *num_files = l.n;
+    l.v = NULL;
+    l.n = 0;
     rc = WH_OK;
 out:
-    for (size_t i = 0; i < l.n; i++)
-        free(l.paths[i]);
-    free(l.paths);
+    wh_scripts_files_free(l.v, l.n);
     free(cfg);
     EVP_MD_CTX_free(md);
     return rc;
@@ -155,7 +199,20 @@ out:
 static void wh__gen_free(wh_scripts_gen_t *g)
 {
     json_decref(g->config);
+    wh_scripts_files_free(g->files, g->num_files);
     free(g);
+}
+
+static int wh__gen_source(void *ud, const char *rel, const char **data, size_t *len)
+{
+    const wh_scripts_gen_t *g = ud;
+    wh_script_file_t key = {.rel = (char *)rel};
+    const wh_script_file_t *f = bsearch(&key, g->files, g->num_files, sizeof(*f), wh__cmp_file);
+    if (f == NULL)
+        return WH_ENOTFOUND;
+    *data = f->data;
+    *len = f->len;
+    return WH_OK;
 }
 
 wh_scripts_gen_t *wh_scripts_current(wh_scripts_t *s)
@@ -191,7 +248,9 @@ wh_lua_vm_t *wh_scripts_vm_new(wh_scripts_t *s, const wh_scripts_gen_t *g, wh_lu
                           .deadline_ms = s->deadline_ms,
                           .config_json = g->config,
                           .http_fn = http_fn,
-                          .http_ud = http_ud};
+                          .http_ud = http_ud,
+                          .source_fn = wh__gen_source,
+                          .source_ud = (void *)g};
     wh_lua_vm_t *vm = wh_lua_vm_new(&o, err, errlen);
     if (vm == NULL)
         return NULL;
@@ -213,7 +272,8 @@ static wh_scripts_gen_t *wh__gen_build(wh_scripts_t *s, json_t *cfg, char *err, 
     }
     g->config = cfg != NULL ? cfg : json_object();
     g->loaded_at = wh_now_ms();
-    if (wh_scripts_hash(s->dir, g->config, g->version, err, errlen) != WH_OK) {
+    if (wh_scripts_snapshot(s->dir, g->config, &g->files, &g->num_files, g->version, err,
+                            errlen) != WH_OK) {
         wh__gen_free(g);
         return NULL;
     }

@@ -67,6 +67,11 @@ typedef struct wh_lua_vm_opts {
     void *http_ud;
     wh_lua_clock_fn clock_fn; /* NULL: wh_now_ms */
     void *clock_ud;
+    /* Where require reads a module's text: NULL reads <scripts_dir>/<rel> from disk; otherwise
+     * source_fn returns 0 with the bytes of rel ("bot/flow.lua", valid while the VM lives) or
+     * WH_ENOTFOUND. A reload uses it so every VM runs exactly the bytes that were checked. */
+    int (*source_fn)(void *ud, const char *rel, const char **data, size_t *len);
+    void *source_ud;
 } wh_lua_vm_opts_t;
 
 /* Creates a VM with the allow-listed environment: base functions without dofile/loadfile (load

@@ -9,9 +9,19 @@
 #include "wahook/config.h"
 #include "wahook/lua_vm.h"
 
-/* One loaded version: immutable, shared by reference between the VMs that run it. */
+/* One script file of a version, as it was read when the version was built. */
+typedef struct wh_script_file {
+    char *rel;  /* "bot/flow.lua" */
+    char *data;
+    size_t len;
+} wh_script_file_t;
+
+/* One loaded version: immutable, shared by reference between the VMs that run it. Its VMs read
+ * modules from files[], the bytes that were hashed and checked, never from the disk again. */
 typedef struct wh_scripts_gen {
     uint64_t number;     /* 1 for the version loaded at start, +1 per successful reload */
+    wh_script_file_t *files; /* sorted by rel */
+    size_t num_files;
     char version[17];    /* first 16 hex digits of the SHA-256 of the scripts and the config */
     json_t *config;      /* the wahook.scripts.config section (an object) */
     int64_t loaded_at;   /* ms */
@@ -53,8 +63,12 @@ int wh_scripts_watch(wh_scripts_t *s);
  * "reloads","reload_failures","last_error"?}. */
 json_t *wh_scripts_status(wh_scripts_t *s);
 
-/* The SHA-256 based version of the scripts in dir plus config, as 16 hex digits. */
-int wh_scripts_hash(const char *dir, const json_t *config, char out[17], char *err,
-                    size_t errlen);
+/* Reads every .lua file under dir (symlinks leading outside it are skipped) into files
+ * (malloc'd, sorted) and computes the version: the first 16 hex digits of the SHA-256 of the
+ * paths, contents and config. Returns 0 or a WH_E* code with the reason in err. */
+int wh_scripts_snapshot(const char *dir, const json_t *config, wh_script_file_t **files,
+                        size_t *num_files, char out[17], char *err, size_t errlen);
+/* Frees what wh_scripts_snapshot returned. */
+void wh_scripts_files_free(wh_script_file_t *files, size_t n);
 
 #endif
