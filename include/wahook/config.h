@@ -67,6 +67,23 @@ typedef struct wh_admin_conf {
     char *token;     /* WAHOOK_ADMIN_TOKEN */
 } wh_admin_conf_t;
 
+/* A delivery target (wahook.evolution, wahook.crm, wahook.smtp). Unused fields stay 0/NULL. */
+typedef struct wh_target_conf {
+    char *url;                  /* base URL (Evolution, CRM) or smtp[s]://host:port */
+    char *api_key;              /* Evolution apikey header / CRM bearer token */
+    char *module;               /* CRM: the Lua mapping module, default "crm.twenty" */
+    char *user, *password;      /* SMTP authentication */
+    char *from;                 /* SMTP envelope and header sender */
+    int starttls;               /* SMTP: require STARTTLS on smtp:// */
+    int tls_verify;             /* verify peer certificates (default ON) */
+    int64_t rate_per_min;       /* token bucket refill */
+    int64_t burst;              /* token bucket size */
+    int64_t concurrency;        /* transfers in flight at most */
+    int64_t timeout_ms;         /* whole transfer */
+    int64_t connect_timeout_ms;
+    int64_t echo_grace_ms;      /* Evolution: wait for a send.message echo before resending */
+} wh_target_conf_t;
+
 typedef enum wh_env_mode { WH_ENV_PRODUCTION = 0, WH_ENV_DEVELOPMENT = 1 } wh_env_mode_t;
 
 typedef struct wh_config {
@@ -104,6 +121,26 @@ typedef struct wh_config {
     int64_t retry_total_ms;             /* wahook.processing.retry-total; default 3600000 */
     int64_t poll_interval_ms;           /* wahook.processing.poll-interval; default 1000 */
     int64_t reload_debounce_ms;         /* wahook.scripts.reload-debounce; default 200 */
+
+    /* Delivery (wahook.delivery.*) and its targets. */
+    int64_t deliverers;                 /* threads draining the outbox; default 1 */
+    int64_t delivery_max_attempts;      /* default 10 */
+    int64_t delivery_retry_base_ms;     /* default 2000 */
+    int64_t delivery_retry_max_ms;      /* default 600000 */
+    int64_t delivery_retry_total_ms;    /* default 86400000 */
+    int64_t circuit_failures;           /* consecutive failures that open a circuit; default 5 */
+    int64_t circuit_open_ms;            /* how long it stays open before a probe; default 30000 */
+    int64_t dead_alert_interval_ms;     /* one dead-letter alert per target per interval */
+    wh_target_conf_t evolution;         /* wahook.evolution.* */
+    wh_target_conf_t crm;               /* wahook.crm.* */
+    wh_target_conf_t smtp;              /* wahook.smtp.* */
+    wh_strlist_t alert_emails;          /* wahook.alerts.emails */
+    wh_strlist_t alert_urls;            /* wahook.alerts.urls */
+    char *alert_format;                 /* wahook.alerts.format: json | slack */
+    int64_t watchdog_interval_ms;       /* wahook.watchdog.interval; 0 = off; default 60000 */
+    int64_t watchdog_silence_ms;        /* alert when no webhook arrived for this long */
+    int64_t watchdog_auth_failures;     /* authentication rejections per minute that alert */
+    wh_strlist_t watchdog_instances;    /* instances whose connectionState is polled */
 } wh_config_t;
 
 /* Loads a dotenv file (KEY=VALUE, # comments, optional quotes, optional "export ") into the
