@@ -46,6 +46,7 @@ test: build build-asan build-fuzz
 
 bench: build
 	./tests/bench/run.sh $(BUILD)/wahook
+	./tests/bench/process.sh $(BUILD)/wahook
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
