@@ -12,7 +12,7 @@ JOBS ?= $(shell nproc)
 
 DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev python3 openssl \
 	libh2o-evloop-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libcurl4-openssl-dev \
-	libsqlite3-dev sqlite3 libssl-dev libyaml-dev libjansson-dev lua-busted tzdata wrk
+	libsqlite3-dev sqlite3 libssl-dev libyaml-dev libjansson-dev lua-busted lua-yaml tzdata wrk
 
 .PHONY: all deps build build-asan build-fuzz run test test-unit test-asan test-integration \
 	test-fuzz bench clean

@@ -1,17 +1,33 @@
--- The handler table wahook calls for every stored event: keys are event names
--- ("messages.upsert", "connection.update", …, "timer"), "*" is the fallback. A handler gets
--- `ev` (the envelope, the decoded `data` and the normalised view `ev.msg`) and queues actions
--- through the wahook module; it never touches the network itself.
+-- The handler table wahook calls for every stored event: keys are event names, "timer" is
+-- for wahook.after timers. A handler gets `ev` (the envelope, the decoded `data`, the
+-- normalised view `ev.msg`, the contact key `ev.contact`) and queues actions through the wahook
+-- module; it never touches the network itself.
 --
--- The runtime already records messages, receipts, contacts, connection states and QR codes on
--- its own, so an event without a handler is simply marked done.
-local wahook = require "wahook"
+-- Where to change what:
+--   texts, hours, holidays, keywords, thresholds    conf/wahook.conf, wahook.scripts.config
+--   a conversation flow                             bot/flow.lua (questions: flows in config)
+--   the protections, debounce, handoff, CSAT        bot/engine.lua
+--   business hours logic                            hours.lua
+--   what the CRM is sent                            crm_ops.lua
+--   team alerts and the QR mail                     alerts.lua
+--   which messages are ignored                      handlers/messages.lua
+--
+-- Events without a handler here (messages.update, contacts, chats, ...) are stored, recorded
+-- and counted by the runtime itself.
+local settings = require "settings"
+local messages = require "handlers.messages"
+local instance = require "handlers.instance"
+local presence = require "handlers.presence"
+local timer = require "handlers.timer"
 
-local handlers = {}
+-- A bad wahook.scripts.config fails here, so a reload with it is refused with the reason.
+settings.get()
 
--- Counts every event by name, so operators see traffic per type in the metrics.
-handlers["*"] = function(ev)
-  wahook.metric.inc("events_handled", { event = ev.event })
-end
-
-return handlers
+return {
+  ["messages.upsert"] = messages.upsert,
+  ["send.message"] = messages.sent,
+  ["connection.update"] = instance.connection,
+  ["qrcode.updated"] = instance.qrcode,
+  ["presence.update"] = presence.update,
+  ["timer"] = timer.fire,
+}
