@@ -15,7 +15,7 @@ DEB_PACKAGES := build-essential cmake pkg-config clang libclang-rt-14-dev python
 	libsqlite3-dev sqlite3 libssl-dev libyaml-dev libjansson-dev lua-busted lua-yaml tzdata wrk
 
 .PHONY: all deps build build-asan build-fuzz run test test-unit test-asan test-integration \
-	test-fuzz bench clean
+	test-fuzz bench clean e2e-deps
 
 all: build
 
@@ -39,7 +39,14 @@ run: build
 	$(BUILD)/wahook init -c $(CONF)
 	exec $(BUILD)/wahook serve -c $(CONF)
 
-test: build build-asan build-fuzz
+# The dashboard's end-to-end test drives Debian's Chromium with playwright-core (from npm).
+e2e-deps:
+	@./tests/install-deps.sh chromium
+	@command -v node >/dev/null 2>&1 || ./tests/install-deps.sh nodejs npm
+	@[ -d tests/integration/e2e/node_modules/playwright-core ] || \
+		npm ci --prefix tests/integration/e2e --no-audit --no-fund >/dev/null
+
+test: build build-asan build-fuzz e2e-deps
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(BUILD_ASAN) && ctest --output-on-failure -L unit -j $(JOBS)
 	cd $(BUILD_FUZZ) && ctest --output-on-failure -L fuzz
@@ -47,6 +54,8 @@ test: build build-asan build-fuzz
 bench: build
 	./tests/bench/run.sh $(BUILD)/wahook
 	./tests/bench/process.sh $(BUILD)/wahook
+	./tests/bench/stats.sh $(BUILD)/wahook
+	./tests/bench/live.sh $(BUILD)/wahook
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)

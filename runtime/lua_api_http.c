@@ -115,8 +115,60 @@ static int wh__push_resp_p(lua_State *L)
     return 1;
 }
 
+/* Pushes the response table for resp and frees resp's body and headers, whatever happens. JSON
+ * answers are decoded here so that integers (CRM ids) stay integers. */
+static int wh__push_answer(lua_State *L, wh_lua_http_resp_t *resp)
+{
+    wh__push_resp_t p = {resp, NULL};
+    const char *ct = NULL;
+    if (resp->headers != NULL)
+        ct = json_string_value(json_object_get(resp->headers, "content-type"));
+    if (ct != NULL && strstr(ct, "json") != NULL && resp->body != NULL)
+        p.decoded = json_loadb(resp->body, resp->body_len, JSON_DECODE_ANY, NULL);
+    int room = lua_checkstack(L, 3), st = LUA_OK;
+    if (room) {
+        lua_pushcfunction(L, wh__push_resp_p);
+        lua_pushlightuserdata(L, &p);
+        st = lua_pcall(L, 1, 1, 0);
+    }
+    free(resp->body);
+    json_decref(resp->headers);
+    json_decref(p.decoded);
+    resp->body = NULL;
+    resp->headers = NULL;
+    if (!room)
+        return luaL_error(L, "not enough memory");
+    if (st != LUA_OK)
+        return lua_error(L);
+    return 1;
+}
+
+/* Where a yielded request continues: the resumer's answer becomes the call's results. */
+static int wh__request_k(lua_State *L, int status, lua_KContext kctx)
+{
+    (void)status;
+    (void)kctx;
+    wh_lua_http_result_t *r = wh_lua_vm_take_result(wh_lua_vm_of(L));
+    if (r == NULL) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "resumed without an answer");
+        return 2;
+    }
+    if (r->err != NULL) {
+        free(r->resp.body);
+        json_decref(r->resp.headers);
+        r->resp.body = NULL;
+        r->resp.headers = NULL;
+        lua_pushnil(L);
+        lua_pushstring(L, r->err[0] != '\0' ? r->err : "request failed");
+        return 2;
+    }
+    return wh__push_answer(L, &r->resp);
+}
+
 /* wahook.http.request{method, url, headers, body, timeout} → {status, headers, body, json} or
- * nil, message. url is a path under the delivery target's base URL. */
+ * nil, message. url is a path under the delivery target's base URL. Inside a CRM run
+ * (wh_lua_vm_resume) the request is yielded to the resumer instead of performed here. */
 static int wh__request(lua_State *L)
 {
     static const char *const keys[] = {"method", "url", "headers", "body", "timeout", NULL};
@@ -175,6 +227,20 @@ static int wh__request(lua_State *L)
     if (btype == LUA_TSTRING && lua_rawlen(L, 6) > WH__MAX_BODY)
         return wh_lua_errorf(L, "%s: body is larger than %zu bytes", fn, WH__MAX_BODY);
 
+    wh_lua_vm_t *vm = wh_lua_vm_of(L);
+    lua_State *run_co = NULL;
+    wh_lua_http_yield_t *slot = wh_lua_vm_yield_slot(vm, &run_co);
+    if (slot != NULL && L != run_co)
+        return wh_lua_errorf(L,
+                             "%s cannot be called inside a coroutine the script created (call it "
+                             "from deliver's own code)",
+                             fn);
+    if (slot != NULL && !lua_isyieldable(L))
+        return wh_lua_errorf(L,
+                             "%s cannot be called here (not from a metamethod, an iterator, a "
+                             "sort comparator or a module's top level)",
+                             fn);
+
     /* Convert (non-raising) and validate; raise only with nothing held. */
     json_t *headers = NULL, *jbody = NULL;
     if (htype == LUA_TTABLE) {
@@ -222,10 +288,33 @@ static int wh__request(lua_State *L)
         if (!has_ct)
             json_object_set_new(headers, "Content-Type", json_string("application/json"));
     }
+    if (slot != NULL) {
+        /* Hand owned copies to the resumer and yield; wh__request_k continues. */
+        wh_lua_http_yield_clear(slot);
+        slot->path_buf = strdup(url);
+        slot->headers_buf = headers;
+        if (dumped != NULL) {
+            slot->body_buf = dumped;
+        } else if (req.body != NULL && (slot->body_buf = malloc(req.body_len + 1)) != NULL) {
+            memcpy(slot->body_buf, req.body, req.body_len);
+            slot->body_buf[req.body_len] = '\0';
+        }
+        if (slot->path_buf == NULL || (req.body != NULL && slot->body_buf == NULL)) {
+            wh_lua_http_yield_clear(slot);
+            return luaL_error(L, "not enough memory");
+        }
+        slot->req = req;
+        slot->req.path = slot->path_buf;
+        slot->req.headers = slot->headers_buf;
+        slot->req.body = slot->body_buf;
+        slot->pending = 1;
+        return lua_yieldk(L, 0, 0, wh__request_k);
+    }
+
     wh_lua_http_resp_t resp;
     memset(&resp, 0, sizeof(resp));
     char err[256] = "";
-    int rc = wh_lua_vm_http(wh_lua_vm_of(L), &req, &resp, err, sizeof(err));
+    int rc = wh_lua_vm_http(vm, &req, &resp, err, sizeof(err));
     free(dumped);
     json_decref(headers);
     if (rc != WH_OK) {
@@ -239,22 +328,7 @@ static int wh__request(lua_State *L)
         return 2;
     }
 
-    /* JSON answers are decoded here so that integers (CRM ids) stay integers. */
-    wh__push_resp_t p = {&resp, NULL};
-    const char *ct = NULL;
-    if (resp.headers != NULL)
-        ct = json_string_value(json_object_get(resp.headers, "content-type"));
-    if (ct != NULL && strstr(ct, "json") != NULL && resp.body != NULL)
-        p.decoded = json_loadb(resp.body, resp.body_len, JSON_DECODE_ANY, NULL);
-    lua_pushcfunction(L, wh__push_resp_p);
-    lua_pushlightuserdata(L, &p);
-    int st = lua_pcall(L, 1, 1, 0);
-    free(resp.body);
-    json_decref(resp.headers);
-    json_decref(p.decoded);
-    if (st != LUA_OK)
-        return lua_error(L);
-    return 1;
+    return wh__push_answer(L, &resp);
 }
 
 static const wh_lua_fn_t wh__http_fns[] = {

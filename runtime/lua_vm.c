@@ -56,6 +56,12 @@ struct wh_lua_vm {
 
     int loaded_main;
     wh_strlist_t handlers; /* names in main.lua's table whose values are functions */
+
+    /* Set only while wh_lua_vm_resume runs: the coroutine it resumes, where a yielding
+     * wahook.http.request leaves its request, and the answer to the previous one. */
+    lua_State *run_co;
+    wh_lua_http_yield_t *yield_slot;
+    wh_lua_http_result_t *resume_result;
 };
 
 /* Unique light-userdata registry keys. */
@@ -233,7 +239,8 @@ static int wh__msgh(lua_State *L)
     return 1;
 }
 
-static void wh__enter(wh_lua_vm_t *vm)
+/* Enters a call; an outermost one gets budget_s seconds of run time. */
+static void wh__enter_for(wh_lua_vm_t *vm, double budget_s)
 {
     if (vm->depth++ > 0)
         return;
@@ -241,7 +248,7 @@ static void wh__enter(wh_lua_vm_t *vm)
     vm->oom_pending = 0;
     vm->refusals = 0;
     vm->kill_where[0] = '\0';
-    vm->deadline = wh_mono_now() + vm->deadline_ms / 1000.0;
+    vm->deadline = wh_mono_now() + budget_s;
     vm->capped = 1;
     lua_sethook(vm->L, wh__hook, LUA_MASKCOUNT, WH__HOOK_COUNT);
     /* Modules marked "being loaded" by a failed earlier call must not look circular now.
@@ -251,6 +258,11 @@ static void wh__enter(wh_lua_vm_t *vm)
         lua_rawsetp(vm->L, LUA_REGISTRYINDEX, &wh__loading_key);
     }
     lua_pop(vm->L, 1);
+}
+
+static void wh__enter(wh_lua_vm_t *vm)
+{
+    wh__enter_for(vm, vm->deadline_ms / 1000.0);
 }
 
 static void wh__leave(wh_lua_vm_t *vm)
@@ -309,6 +321,159 @@ int wh_lua_vm_call(wh_lua_vm_t *vm, int nargs, int nresults, char *err, size_t e
     if (vm->depth == 0 && (killed || st == LUA_ERRMEM))
         lua_gc(L, LUA_GCCOLLECT, 0); /* give back what the killed script piled up */
     return rc;
+}
+
+/* ---- coroutines (yielding http) ---- */
+
+void wh_lua_http_yield_clear(wh_lua_http_yield_t *y)
+{
+    if (y == NULL)
+        return;
+    free(y->path_buf);
+    free(y->body_buf);
+    json_decref(y->headers_buf);
+    memset(y, 0, sizeof(*y));
+}
+
+wh_lua_http_yield_t *wh_lua_vm_yield_slot(wh_lua_vm_t *vm, lua_State **co)
+{
+    if (co != NULL)
+        *co = vm->run_co;
+    return vm->yield_slot;
+}
+
+wh_lua_http_result_t *wh_lua_vm_take_result(wh_lua_vm_t *vm)
+{
+    wh_lua_http_result_t *r = vm->resume_result;
+    vm->resume_result = NULL;
+    return r;
+}
+
+static void wh__result_free(wh_lua_http_result_t *r)
+{
+    if (r == NULL)
+        return;
+    free(r->resp.body);
+    json_decref(r->resp.headers);
+    r->resp.body = NULL;
+    r->resp.headers = NULL;
+}
+
+/* The message of a failed coroutine plus its traceback. Arguments: the error object and the
+ * coroutine (light userdata). Runs protected on the main thread, outside the cap. */
+static int wh__co_errmsg_p(lua_State *L)
+{
+    lua_State *co = lua_touserdata(L, 2);
+    const char *msg = NULL;
+    switch (lua_type(L, 1)) {
+    case LUA_TSTRING: msg = lua_tostring(L, 1); break;
+    case LUA_TNUMBER: msg = luaL_tolstring(L, 1, NULL); break;
+    case LUA_TTABLE:
+        lua_pushliteral(L, "message");
+        if (lua_rawget(L, 1) == LUA_TSTRING) {
+            msg = lua_tostring(L, -1);
+            break;
+        }
+        /* fall through */
+    default: msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1)); break;
+    }
+    luaL_traceback(L, co, msg, 0);
+    return 1;
+}
+
+int wh_lua_vm_resume(wh_lua_vm_t *vm, lua_State *co, int nargs, wh_lua_http_result_t *result,
+                     wh_lua_http_yield_t *y, double *used_s, int *yielded, int *nres, char *err,
+                     size_t errlen)
+{
+    /* Fresh: status OK with the function and its arguments on the stack. Suspended: YIELD. */
+    int ok = vm->depth == 0 && co != NULL && y != NULL && yielded != NULL && nres != NULL &&
+             nargs >= 0;
+    if (ok && lua_status(co) == LUA_OK)
+        ok = lua_gettop(co) >= nargs + 1 && lua_type(co, -(nargs + 1)) == LUA_TFUNCTION;
+    else if (ok)
+        ok = lua_status(co) == LUA_YIELD;
+    if (!ok) {
+        wh__result_free(result);
+        wh__seterr(err, errlen, "wh_lua_vm_resume: bad arguments or coroutine state");
+        return WH_EINVAL;
+    }
+    *yielded = 0;
+    *nres = 0;
+    wh_lua_http_yield_clear(y);
+    double used = used_s != NULL ? *used_s : 0;
+    double budget = vm->deadline_ms / 1000.0 - used;
+    if (budget <= 0) {
+        wh__result_free(result);
+        wh__seterr(err, errlen, "script timed out after %d ms", vm->deadline_ms);
+        return WH_ETIMEDOUT;
+    }
+    vm->run_co = co;
+    vm->yield_slot = y;
+    vm->resume_result = result;
+    wh__enter_for(vm, budget);
+    double t0 = wh_mono_now();
+    int st = lua_resume(co, vm->L, nargs, nres);
+    double spent = wh_mono_now() - t0;
+    int killed = vm->killed, oom_pending = vm->oom_pending;
+    char where[sizeof(vm->kill_where)];
+    memcpy(where, vm->kill_where, sizeof(where));
+    wh__leave(vm);
+    wh__result_free(wh_lua_vm_take_result(vm)); /* not taken: the script never asked for it */
+    vm->run_co = NULL;
+    vm->yield_slot = NULL;
+    if (used_s != NULL)
+        *used_s = used + spent;
+
+    if (!killed && st == LUA_YIELD) {
+        *yielded = 1;
+        return WH_OK;
+    }
+    if (!killed && st == LUA_OK)
+        return WH_OK;
+    wh_lua_http_yield_clear(y); /* a request a killed script yielded is not to be sent */
+    *nres = 0;
+    if (killed == WH_ETIMEDOUT) {
+        wh__seterr(err, errlen, "script timed out after %d ms%s%s%s", vm->deadline_ms,
+                   where[0] ? " (at " : "", where, where[0] ? ")" : "");
+        lua_gc(vm->L, LUA_GCCOLLECT, 0);
+        return WH_ETIMEDOUT;
+    }
+    if (killed == WH_ENOMEM || st == LUA_ERRMEM) {
+        if (killed == WH_ENOMEM || oom_pending)
+            wh__seterr(err, errlen, "script exceeded its memory limit of %zu bytes%s%s%s",
+                       vm->mem_limit, where[0] ? " (at " : "", where, where[0] ? ")" : "");
+        else
+            wh__seterr(err, errlen, "out of memory");
+        lua_gc(vm->L, LUA_GCCOLLECT, 0);
+        return WH_ENOMEM;
+    }
+    /* A plain error: the object stays on co; describe a copy of it from the main thread. */
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    if (lua_gettop(co) > 0 && lua_checkstack(co, 1) && lua_checkstack(L, 4)) {
+        lua_pushcfunction(L, wh__co_errmsg_p);
+        lua_pushvalue(co, -1);
+        lua_xmove(co, L, 1);
+        lua_pushlightuserdata(L, co);
+        if (lua_pcall(L, 2, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+            wh__seterr(err, errlen, "%s", lua_tostring(L, -1));
+        else
+            wh__seterr(err, errlen, "script error (no message)");
+    } else {
+        wh__seterr(err, errlen, "script error (no message)");
+    }
+    lua_settop(L, top);
+    return WH_ERR;
+}
+
+void wh_lua_vm_close_thread(wh_lua_vm_t *vm, lua_State *co)
+{
+    if (co == NULL || vm->depth != 0)
+        return;
+    wh__enter(vm);
+    lua_resetthread(co); /* protected: errors of __close handlers are dropped with the thread */
+    wh__leave(vm);
+    lua_settop(co, 0);
 }
 
 static int wh__push_json_p(lua_State *L)

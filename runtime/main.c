@@ -1,4 +1,4 @@
-/* The wahook command line: serve, check, sign, events, init and version. */
+/* The wahook command line: serve, check, sign, events, outbox, init and version. */
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/rand.h>
@@ -21,9 +21,11 @@
 #include "wahook/envelope.h"
 #include "wahook/log.h"
 #include "wahook/lua_vm.h"
+#include "wahook/outbox.h"
 #include "wahook/outcome.h"
 #include "wahook/process.h"
 #include "wahook/scripts.h"
+#include "wahook/stats.h"
 #include "wahook/server.h"
 #include "wahook/store.h"
 
@@ -40,8 +42,10 @@ typedef struct wh__opts {
     int limit;
     int json;
     int help;
-    const char *sub;        /* events: list | show | retry */
-    int64_t id;             /* events show/retry */
+    const char *sub;        /* events: list | show | retry; outbox: list | show | retry | drop */
+    int64_t id;             /* events show/retry, outbox show/retry/drop */
+    const char *status;     /* outbox list --status */
+    const char *target;     /* outbox list --target */
     const char *state_json; /* try --state */
 } wh__opts_t;
 
@@ -377,6 +381,155 @@ static int wh__cmd_events(wh__opts_t *o)
     return 0;
 }
 
+/* ---- wahook outbox ------------------------------------------------------------------------- */
+
+static int wh__outbox_collect(const wh_outbox_row_t *row, void *ctx)
+{
+    json_t *o = wh_outbox_row_json(row);
+    if (o != NULL)
+        json_array_append_new(ctx, o);
+    return 0;
+}
+
+static void wh__outbox_print(const json_t *row, int json)
+{
+    if (json) {
+        char *text = json_dumps(row, JSON_COMPACT);
+        if (text != NULL)
+            printf("%s\n", text);
+        free(text);
+        return;
+    }
+    time_t secs = (time_t)(json_integer_value(json_object_get(row, "created_at")) / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char ts[32];
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    const char *ck = json_string_value(json_object_get(row, "contact_key"));
+    const char *err = json_string_value(json_object_get(row, "last_error"));
+    printf("%-8lld %-20s %-9s %-16s %-16s %-8s %-3lld %.60s\n",
+           (long long)json_integer_value(json_object_get(row, "id")), ts,
+           json_string_value(json_object_get(row, "target")),
+           json_string_value(json_object_get(row, "instance")), ck != NULL && ck[0] ? ck : "-",
+           json_string_value(json_object_get(row, "status")),
+           (long long)json_integer_value(json_object_get(row, "attempts")), err != NULL ? err : "");
+}
+
+/* list and show: from the running server's admin API (which knows what is in flight), else
+ * straight from the store (read-only: safe while a server runs). */
+static int wh__outbox_read(wh__opts_t *o, const wh_config_t *conf, const char *path)
+{
+    int show = o->sub != NULL && strcmp(o->sub, "show") == 0;
+    char apipath[256];
+    if (show)
+        snprintf(apipath, sizeof(apipath), "/api/outbox/%lld", (long long)o->id);
+    else
+        snprintf(apipath, sizeof(apipath), "/api/outbox?limit=%d%s%s%s%s", o->limit,
+                 o->status ? "&status=" : "", o->status ? o->status : "",
+                 o->target ? "&target=" : "", o->target ? o->target : "");
+    char *body = NULL;
+    int status = wh__admin_request(conf, "GET", apipath, &body);
+    json_t *answer = status == 200 && body != NULL ? json_loads(body, 0, NULL) : NULL;
+    if (status == 404 && show) {
+        fprintf(stderr, "wahook outbox show: no such outbox row\n");
+        free(body);
+        return 1;
+    }
+    if (status == 400) {
+        fprintf(stderr, "wahook outbox: %s\n", body != NULL ? body : "bad request");
+        free(body);
+        return 2;
+    }
+    free(body);
+    json_t *rows = NULL;
+    if (answer != NULL) {
+        rows = show ? json_pack("[O]", answer) : json_incref(json_object_get(answer, "rows"));
+        json_decref(answer);
+    }
+    if (rows == NULL) {
+        char err[512];
+        rows = json_array();
+        if (access(path, R_OK) != 0) {
+            fprintf(stderr, "wahook outbox: no store at %s (has the server run?)\n", path);
+            json_decref(rows);
+            return 1;
+        }
+        int rc = show ? wh_outbox_show(path, o->id, wh__outbox_collect, rows, err, sizeof(err))
+                      : wh_outbox_list(path, o->status, o->target, o->limit, wh__outbox_collect,
+                                       rows, err, sizeof(err));
+        if (rc != WH_OK) {
+            fprintf(stderr, "wahook outbox %s: %s\n", show ? "show" : "list",
+                    rc == WH_ENOTFOUND ? "no such outbox row" : err);
+            json_decref(rows);
+            return 1;
+        }
+    }
+    if (show) {
+        char *text = json_dumps(json_array_get(rows, 0), JSON_INDENT(2));
+        if (text != NULL)
+            printf("%s\n", text);
+        free(text);
+    } else {
+        if (!o->json)
+            printf("%-8s %-20s %-9s %-16s %-16s %-8s %-3s %s\n", "ID", "CREATED", "TARGET",
+                   "INSTANCE", "CONTACT", "STATUS", "TRY", "LAST ERROR");
+        size_t i;
+        const json_t *row;
+        json_array_foreach(rows, i, row) wh__outbox_print(row, o->json);
+    }
+    json_decref(rows);
+    return 0;
+}
+
+/* retry and drop: through the running server (one writer), else the store directly. */
+static int wh__outbox_change(wh__opts_t *o, const wh_config_t *conf, const char *path)
+{
+    int drop = strcmp(o->sub, "drop") == 0;
+    char apipath[64];
+    snprintf(apipath, sizeof(apipath), "/api/outbox/%lld/%s", (long long)o->id, o->sub);
+    char *body = NULL;
+    int status = wh__admin_request(conf, "POST", apipath, &body);
+    if (status > 0) {
+        printf("%s\n", body != NULL ? body : "");
+        free(body);
+        return status == 200 ? 0 : 1;
+    }
+    free(body);
+    wh_store_t *store = NULL;
+    char err[512];
+    wh_store_opts_t so = {.path = path, .sync_full = 1};
+    if (wh_store_open(&store, &so, err, sizeof(err)) != WH_OK) {
+        fprintf(stderr, "wahook outbox %s: %s\n", o->sub, err);
+        return 1;
+    }
+    int rc = drop ? wh_outbox_drop(store, o->id) : wh_outbox_retry(store, o->id);
+    wh_store_close(store);
+    if (rc == WH_OK) {
+        printf("{\"status\":\"%s\",\"id\":%lld}\n", drop ? "dropped" : "pending",
+               (long long)o->id);
+        return 0;
+    }
+    fprintf(stderr, "wahook outbox %s: %s\n", o->sub,
+            rc == WH_ENOTFOUND ? "no such outbox row"
+            : rc == WH_EINVAL  ? "the row is already done or dropped"
+                               : wh_strerror(rc));
+    return 1;
+}
+
+static int wh__cmd_outbox(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 0) != 0)
+        return 1;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/wahook.db", conf.data_dir);
+    int rc = o->sub != NULL && (strcmp(o->sub, "retry") == 0 || strcmp(o->sub, "drop") == 0)
+                 ? wh__outbox_change(o, &conf, path)
+                 : wh__outbox_read(o, &conf, path);
+    wh_config_free(&conf);
+    return rc;
+}
+
 /* Creates the env file with a fresh WEBHOOK_SECRET when none is set, and prints how to point
  * Evolution API at this server. */
 static int wh__cmd_init(wh__opts_t *o)
@@ -625,6 +778,20 @@ done:
     return rc;
 }
 
+/* `wahook stats` parses its own options (cli_stats.c); -c and --env-file are read here. */
+static int wh__stats_argc;
+static char **wh__stats_argv;
+
+static int wh__cmd_stats(wh__opts_t *o)
+{
+    wh_config_t conf;
+    if (wh__load_config(o, &conf, 0) != 0)
+        return 1;
+    int rc = wh_cli_stats(&conf, wh__stats_argc, wh__stats_argv);
+    wh_config_free(&conf);
+    return rc;
+}
+
 static int wh__cmd_version(wh__opts_t *o)
 {
     printf("wahook %s (libh2o %s, %s, SQLite %s, jansson %s)\n", WH_VERSION, H2O_VERSION,
@@ -648,6 +815,15 @@ static const wh__command_t wh__commands[] = {
      "  its processing status and last error, or put a dead event back to pending (through the\n"
      "  running server's admin listener, or the store directly when no server runs)",
      wh__cmd_events},
+    {"outbox",
+     "outbox [list|show ID|retry ID|drop ID] [-c FILE] [--env-file FILE] [--status S] "
+     "[--target T] [--limit N] [--json]",
+     "list outbox actions newest first (optionally one status: pending, done, dead, dropped;\n"
+     "  one target: evolution, crm, mail, alert), show one with its last error and the peer's\n"
+     "  answer, put a dead or waiting one back to pending now, or drop one (never delivered);\n"
+     "  retry and drop go through the running server's admin listener, or the store directly\n"
+     "  when no server runs",
+     wh__cmd_outbox},
     {"try", "try [-c FILE] [--env-file FILE] EVENT.json [--state JSON]",
      "run the handlers on one event without a server or network and print, as JSON, the\n"
      "  actions, timers, state and facts they would commit, or the error with its traceback",
@@ -660,6 +836,10 @@ static const wh__command_t wh__commands[] = {
      "generate WEBHOOK_SECRET into the env file when unset, and print the Evolution API\n"
      "  webhook body and a signed curl example",
      wh__cmd_init},
+    {"stats", "stats [-c FILE] [--env-file FILE] [--since T] [--until T] [--instance X] [--json]",
+     "analytics for a time range from the store (a table, or JSON with --json); see\n"
+     "  wahook stats --help",
+     wh__cmd_stats},
     {"version", "version", "print the version", wh__cmd_version},
 };
 
@@ -681,6 +861,12 @@ static void wh__command_usage(FILE *f, const wh__command_t *c)
                    "      --json          one JSON object per line\n");
     if (strcmp(c->name, "sign") == 0)
         fprintf(f, "      --secret-file F read the secret from F (trailing newline dropped)\n");
+    if (strcmp(c->name, "outbox") == 0)
+        fprintf(f, "      --status S      only rows with this status (pending, done, dead,\n"
+                   "                      dropped)\n"
+                   "      --target T      only rows of this target (evolution, crm, mail, alert)\n"
+                   "      --limit N       at most N rows (default 100)\n"
+                   "      --json          one JSON object per line\n");
 }
 
 static int wh__parse_args(const wh__command_t *c, int argc, char **argv, wh__opts_t *o)
@@ -732,6 +918,46 @@ static int wh__parse_args(const wh__command_t *c, int argc, char **argv, wh__opt
                 }
                 i++;
             }
+        } else if (strcmp(c->name, "outbox") == 0 && strcmp(a, "--status") == 0) {
+            WH__NEED_ARG;
+            static const char *const ok[] = {"pending", "inflight", "done", "dead", "dropped"};
+            int found = 0;
+            for (size_t k = 0; k < WH_ARRAY_SIZE(ok); k++)
+                found |= strcmp(next, ok[k]) == 0;
+            if (!found) {
+                fprintf(stderr, "wahook outbox: --status takes pending, done, dead or dropped\n");
+                return -1;
+            }
+            o->status = next;
+        } else if (strcmp(c->name, "outbox") == 0 && strcmp(a, "--target") == 0) {
+            WH__NEED_ARG;
+            if (strcmp(next, "evolution") != 0 && strcmp(next, "crm") != 0 &&
+                strcmp(next, "mail") != 0 && strcmp(next, "alert") != 0) {
+                fprintf(stderr, "wahook outbox: --target takes evolution, crm, mail or alert\n");
+                return -1;
+            }
+            o->target = next;
+        } else if (strcmp(c->name, "outbox") == 0 && strcmp(a, "--limit") == 0) {
+            WH__NEED_ARG;
+            o->limit = atoi(next);
+            if (o->limit <= 0 || o->limit > 10000) {
+                fprintf(stderr, "wahook outbox: --limit takes a number from 1 to 10000\n");
+                return -1;
+            }
+        } else if (strcmp(c->name, "outbox") == 0 && strcmp(a, "--json") == 0) {
+            o->json = 1;
+        } else if (strcmp(c->name, "outbox") == 0 && i == 0 &&
+                   (strcmp(a, "list") == 0 || strcmp(a, "show") == 0 ||
+                    strcmp(a, "retry") == 0 || strcmp(a, "drop") == 0)) {
+            o->sub = a;
+            if (strcmp(a, "list") != 0) {
+                char *end = NULL;
+                if (next == NULL || (o->id = strtoll(next, &end, 10)) <= 0 || *end != '\0') {
+                    fprintf(stderr, "wahook outbox %s: give an outbox id\n", a);
+                    return -1;
+                }
+                i++;
+            }
         } else if (strcmp(c->name, "try") == 0 && strcmp(a, "--state") == 0) {
             WH__NEED_ARG;
             o->state_json = next;
@@ -765,6 +991,24 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], c->name) != 0)
             continue;
         wh__opts_t o = {.conf = WH__DEFAULT_CONF, .env_file = WH__DEFAULT_ENV, .limit = 100};
+        if (strcmp(c->name, "stats") == 0) {
+            for (int k = 2; k < argc; k++) {
+                if (strcmp(argv[k], "-h") == 0 || strcmp(argv[k], "--help") == 0) {
+                    printf("%s", wh_cli_stats_usage);
+                    return 0;
+                }
+                if ((strcmp(argv[k], "-c") == 0 || strcmp(argv[k], "--config") == 0) &&
+                    k + 1 < argc)
+                    o.conf = argv[k + 1];
+                if (strcmp(argv[k], "--env-file") == 0 && k + 1 < argc) {
+                    o.env_file = argv[k + 1];
+                    o.env_file_explicit = 1;
+                }
+            }
+            wh__stats_argc = argc - 2;
+            wh__stats_argv = argv + 2;
+            return c->run(&o);
+        }
         if (wh__parse_args(c, argc - 2, argv + 2, &o) != 0)
             return 2;
         if (o.help) {

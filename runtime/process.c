@@ -16,6 +16,7 @@
 #include "wahook/log.h"
 #include "wahook/lua_vm.h"
 #include "wahook/luaconv.h"
+#include "wahook/metrics.h"
 #include "wahook/process.h"
 
 #define WH__BATCH 64
@@ -266,6 +267,7 @@ static void wh__run_item(wh__proc_t *p, wh_work_item_t *it, json_t *prior, wh__s
         }
     }
 
+    double started = wh_mono_now();
     if (wh_outcome_init(&sl->outcome, NULL) != WH_OK) {
         rc = WH_ENOMEM;
         snprintf(err, sizeof(err), "out of memory");
@@ -280,8 +282,10 @@ static void wh__run_item(wh__proc_t *p, wh_work_item_t *it, json_t *prior, wh__s
         sl->commit.status = WH_WORK_DONE;
         sl->commit.outcome = &sl->outcome;
         atomic_fetch_add(&p->pool->processed, 1);
+        wh_metrics_event_processed(it->event, "done", wh_mono_now() - started);
         return;
     }
+    wh_metrics_script_error(rc == WH_ETIMEDOUT ? "timeout" : rc == WH_ENOMEM ? "memory" : "error");
 
 failed:
     json_decref(ev);
@@ -300,6 +304,8 @@ failed:
             sl->commit.next_attempt_at = now + wait;
         }
         atomic_fetch_add(&p->pool->failed, 1);
+        wh_metrics_event_processed(it->event,
+                                   sl->commit.status == WH_WORK_DEAD ? "dead" : "retry", 0);
         wh_log(WH_LOG_WARN,
                sl->commit.status == WH_WORK_DEAD ? "handler failed for the last time: dead"
                                                  : "handler failed; will retry",

@@ -19,6 +19,7 @@
 #include "wahook/config.h"
 #include "wahook/log.h"
 #include "wahook/scripts.h"
+#include <lua.h>
 
 #define WH__MAX_SCRIPT_FILES 4096
 #define WH__MAX_WATCH_DIRS 256
@@ -30,6 +31,7 @@ struct wh_scripts {
     size_t mem_limit;
     int deadline_ms;
     int64_t debounce_ms;
+    char *crm_module; /* checked with main.lua when a CRM target is configured */
 
     pthread_mutex_t mu;     /* guards current and the counters */
     pthread_mutex_t reload_mu; /* serialises reloads */
@@ -97,6 +99,9 @@ static int wh__collect(const char *root, const char *real_root, const char *rel,
     size_t rl = strlen(real_root);
     while ((e = readdir(d)) != NULL && rc == 0) {
         if (e->d_name[0] == '.')
+            continue;
+        /* Busted specs live beside the scripts but are not part of what runs. */
+        if (depth == 0 && strcmp(e->d_name, "spec") == 0)
             continue;
         char sub[PATH_MAX], full[PATH_MAX * 2], real[PATH_MAX];
         if ((size_t)snprintf(sub, sizeof(sub), "%s%s%s", rel, rel[0] ? "/" : "", e->d_name) >=
@@ -283,6 +288,22 @@ static wh_scripts_gen_t *wh__gen_build(wh_scripts_t *s, json_t *cfg, char *err, 
         wh__gen_free(g);
         return NULL;
     }
+    /* The CRM mapping module runs in the deliverers: check it loads too, or a typo there would
+     * only show at the first CRM delivery. */
+    if (s->crm_module != NULL) {
+        lua_State *L = wh_lua_vm_state(vm);
+        int top = lua_gettop(L);
+        if (lua_getglobal(L, "require") == LUA_TFUNCTION) {
+            lua_pushstring(L, s->crm_module);
+            if (wh_lua_vm_call(vm, 1, 1, err, errlen) != WH_OK) {
+                lua_settop(L, top);
+                wh_lua_vm_free(vm);
+                wh__gen_free(g);
+                return NULL;
+            }
+        }
+        lua_settop(L, top);
+    }
     wh_lua_vm_free(vm);
     return g;
 }
@@ -303,6 +324,8 @@ wh_scripts_t *wh_scripts_new(const wh_config_t *conf, const char *conf_path, cha
     s->mem_limit = (size_t)conf->script_memory;
     s->deadline_ms = (int)conf->script_timeout_ms;
     s->debounce_ms = conf->reload_debounce_ms;
+    if (conf->crm.url != NULL && conf->crm.url[0] != '\0' && conf->crm.module != NULL)
+        s->crm_module = strdup(conf->crm.module);
     json_t *cfg = conf->scripts_config != NULL ? json_deep_copy(conf->scripts_config) : NULL;
     s->current = wh__gen_build(s, cfg, err, errlen);
     if (s->current == NULL) {
@@ -514,5 +537,6 @@ void wh_scripts_free(wh_scripts_t *s)
     free(s->last_error);
     free(s->dir);
     free(s->conf_path);
+    free(s->crm_module);
     free(s);
 }

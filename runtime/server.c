@@ -27,13 +27,21 @@
 #include "wahook/cidr.h"
 #include "wahook/common.h"
 #include "wahook/config.h"
+#include "wahook/admin.h"
+#include "wahook/dashboard.h"
+#include "wahook/live.h"
+#include "wahook/metrics.h"
+#include "wahook/stats.h"
+#include "wahook/deliver.h"
 #include "wahook/envelope.h"
 #include "wahook/log.h"
+#include "wahook/outbox.h"
 #include "wahook/process.h"
 #include "wahook/ratelimit.h"
 #include "wahook/scripts.h"
 #include "wahook/server.h"
 #include "wahook/store.h"
+#include "wahook/watchdog.h"
 
 #define WH__PARSE_THREADS 2
 #define WH__RATELIMIT_KEYS 65536
@@ -121,6 +129,9 @@ typedef struct wh__admin_task {
     struct wh__admin_guard *guard;
     wh_server_t *server;
     int64_t id;
+    char status_filter[16]; /* GET /api/outbox: ?status= and ?target= ("" = any), ?limit= */
+    char target_filter[16];
+    int limit;
     int (*run)(struct wh__admin_task *t); /* fills status and body */
     int status;
     char *body;
@@ -134,6 +145,14 @@ struct wh_server {
     wh_config_t *conf;
     wh_scripts_t *scripts;
     wh_processors_t *processors;
+    wh_deliverers_t *deliverers;
+    wh_watchdog_t *watchdog;
+    /* admin modules: the dashboard, the live feed, … */
+    wh_admin_env_t admin_env;
+    wh_dashboard_t *dashboard;
+    wh_live_t *live;
+    wh_admin_module_t modules[16];
+    size_t num_modules;
     h2o_globalconf_t globalconf;
     h2o_globalconf_t adminconf;
     int has_admin;
@@ -201,6 +220,12 @@ static void wh__respond(wh_server_t *s, h2o_req_t *req, int status, const char *
                    strlen(content_type));
     if (atomic_load(&s->shutting_down))
         req->http1_is_persistent = 0;
+    char route[256];
+    size_t rl = req->path_normalized.len < sizeof(route) - 1 ? req->path_normalized.len
+                                                            : sizeof(route) - 1;
+    memcpy(route, req->path_normalized.base, rl);
+    route[rl] = '\0';
+    wh_metrics_request(route, status);
     wh__access_log(s, req, status, len);
     h2o_send_inline(req, body, len);
 }
@@ -214,6 +239,7 @@ static const char *wh__reason(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
     case 429: return "Too Many Requests";
@@ -270,6 +296,10 @@ static void wh__respond_ready(wh_server_t *s, h2o_req_t *req)
         json_object_set_new(obj, "scripts", wh_scripts_status(s->scripts));
     if (obj != NULL && s->processors != NULL)
         json_object_set_new(obj, "processing", wh_processors_stats(s->processors));
+    if (obj != NULL && s->deliverers != NULL)
+        json_object_set_new(obj, "delivery", wh_deliverers_status(s->deliverers));
+    if (obj != NULL && s->watchdog != NULL)
+        json_object_set_new(obj, "watchdog", wh_watchdog_status(s->watchdog));
     char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
     if (!ready) {
@@ -340,9 +370,17 @@ static void wh__job_answer(wh__job_t *j)
         return;
     }
     if (j->store_status != WH_OK) {
+        wh_metrics_event_received(j->env.event, "unavailable");
         wh__respond_error(s, req, 503,
                           j->store_status == WH_EFULL ? "store full" : "store unavailable", 5);
         return;
+    }
+    wh_metrics_event_received(j->env.event, j->duplicate ? "duplicate" : "accepted");
+    if (!j->duplicate && wh_live_watched(s->live)) {
+        char *contact = wh_contact_key(j->env.phone, j->env.lid, NULL);
+        wh_live_publish(s->live, j->id, j->ingest.received_at, j->env.instance, j->env.event,
+                        contact, j->env.body, j->env.body_len);
+        free(contact);
     }
     char text[96];
     snprintf(text, sizeof(text), "{\"status\":\"%s\",\"id\":%lld}",
@@ -423,6 +461,7 @@ static int wh__job_after_parse(wh_server_t *s, wh__job_t *j)
         wh__charge_ip(r, j->client_ip);
         wh_log(WH_LOG_INFO, "authentication failed", "{s:s,s:s}", "ip", j->client_ip, "method",
                "apikey");
+        wh_watchdog_note_auth_failure();
         wh__set_reply(j, 401, "invalid signature", 0);
         return 0;
     }
@@ -431,6 +470,7 @@ static int wh__job_after_parse(wh_server_t *s, wh__job_t *j)
         wh__charge_ip(r, j->client_ip);
         if (s->conf->env != WH_ENV_DEVELOPMENT) {
             wh_log(WH_LOG_INFO, "authentication missing", "{s:s}", "ip", j->client_ip);
+            wh_watchdog_note_auth_failure();
             wh__set_reply(j, 401, "invalid signature", 0);
             return 0;
         }
@@ -438,6 +478,7 @@ static int wh__job_after_parse(wh_server_t *s, wh__job_t *j)
         int ra = 0;
         const char *inst = j->env.instance;
         if (!wh_ratelimit_take(r->instance_limit, inst, strlen(inst), wh_mono_now(), &ra)) {
+            wh_metrics_ratelimited("instance");
             wh__set_reply(j, 429, "rate limited", ra);
             return 0;
         }
@@ -474,6 +515,7 @@ static int wh__job_parse(wh_server_t *s, wh__job_t *j, const char *body, size_t 
         if (j->header_auth != WH_AUTH_PASS) {
             wh__charge_ip(j->route, j->client_ip);
             if (s->conf->env != WH_ENV_DEVELOPMENT) {
+                wh_watchdog_note_auth_failure();
                 wh__set_reply(j, 401, "invalid signature", 0);
                 return 0;
             }
@@ -693,6 +735,7 @@ static void wh__serve_webhook(wh_server_t *s, wh__thread_t *t, const wh__route_t
     }
     int retry_after = 0;
     if (!wh_ratelimit_peek(r->ip_limit, ip, strlen(ip), wh_mono_now(), &retry_after)) {
+        wh_metrics_ratelimited("ip");
         wh__respond_error(s, req, 429, "rate limited", retry_after);
         return;
     }
@@ -709,6 +752,7 @@ static void wh__serve_webhook(wh_server_t *s, wh__thread_t *t, const wh__route_t
         wh_log(WH_LOG_INFO, hauth == WH_AUTH_FAIL ? "authentication failed"
                                                   : "authentication missing",
                "{s:s}", "ip", ip);
+        wh_watchdog_note_auth_failure();
         wh__respond_error(s, req, 401, "invalid signature", 0);
         return;
     }
@@ -868,8 +912,179 @@ static int wh__admin_show(wh__admin_task_t *t)
     return 0;
 }
 
+/* ---- the outbox (admin API) ------------------------------------------------------------------ */
+
+static int wh__admin_outbox_row_cb(const wh_outbox_row_t *row, void *ctx)
+{
+    json_t *rows = ctx;
+    json_t *o = wh_outbox_row_json(row);
+    if (o != NULL)
+        json_array_append_new(rows, o);
+    return 0;
+}
+
+static int wh__admin_outbox_list(wh__admin_task_t *t)
+{
+    json_t *rows = json_array();
+    char err[256] = "";
+    int rc = rows != NULL ? wh_outbox_list(t->server->db_path,
+                                           t->status_filter[0] ? t->status_filter : NULL,
+                                           t->target_filter[0] ? t->target_filter : NULL,
+                                           t->limit, wh__admin_outbox_row_cb, rows, err,
+                                           sizeof(err))
+                          : WH_ENOMEM;
+    if (rc == WH_OK) {
+        t->status = 200;
+        t->body = wh__dump(json_pack("{s:I,s:o}", "count", (json_int_t)json_array_size(rows),
+                                     "rows", rows));
+    } else {
+        json_decref(rows);
+        t->status = 503;
+        t->body = wh__dump(json_pack("{s:s}", "error", err[0] ? err : wh_strerror(rc)));
+    }
+    return 0;
+}
+
+static int wh__admin_outbox_show_cb(const wh_outbox_row_t *row, void *ctx)
+{
+    *(json_t **)ctx = wh_outbox_row_json(row);
+    return 0;
+}
+
+static int wh__admin_outbox_show(wh__admin_task_t *t)
+{
+    json_t *obj = NULL;
+    char err[256] = "";
+    int rc = wh_outbox_show(t->server->db_path, t->id, wh__admin_outbox_show_cb, &obj, err,
+                            sizeof(err));
+    if (rc == WH_OK && obj != NULL) {
+        json_object_set_new(obj, "in_flight",
+                            json_boolean(wh_deliverers_in_flight(t->server->deliverers, t->id)));
+        t->status = 200;
+        t->body = wh__dump(obj);
+    } else {
+        json_decref(obj);
+        int missing = rc == WH_ENOTFOUND || rc == WH_OK;
+        t->status = missing ? 404 : 503;
+        t->body = wh__dump(json_pack("{s:s}", "error", missing ? "no such outbox row" : err));
+    }
+    return 0;
+}
+
+/* POST /api/outbox/<id>/retry and /drop. */
+static int wh__admin_outbox_change(wh__admin_task_t *t, int drop)
+{
+    int rc = drop ? wh_outbox_drop(t->server->store, t->id)
+                  : wh_outbox_retry(t->server->store, t->id);
+    if (rc == WH_OK) {
+        t->status = 200;
+        t->body = wh__dump(json_pack("{s:s,s:I}", "status", drop ? "dropped" : "pending", "id",
+                                     (json_int_t)t->id));
+        if (!drop)
+            wh_deliverers_wake(t->server->deliverers);
+    } else if (rc == WH_ENOTFOUND) {
+        t->status = 404;
+        t->body = wh__dump(json_pack("{s:s}", "error", "no such outbox row"));
+    } else if (rc == WH_EINVAL) {
+        t->status = 409;
+        t->body = wh__dump(json_pack("{s:s}", "error", "the row is already done or dropped"));
+    } else {
+        t->status = 503;
+        t->body = wh__dump(json_pack("{s:s}", "error", wh_strerror(rc)));
+    }
+    return 0;
+}
+
+static int wh__admin_outbox_retry(wh__admin_task_t *t)
+{
+    return wh__admin_outbox_change(t, 0);
+}
+
+static int wh__admin_outbox_drop(wh__admin_task_t *t)
+{
+    return wh__admin_outbox_change(t, 1);
+}
+
+/* /api/outbox/<id>[/retry|/drop] → id and the action (0 show, 1 retry, 2 drop); -1 otherwise. */
+static int64_t wh__admin_outbox_id(h2o_iovec_t path, int *action)
+{
+    static const char prefix[] = "/api/outbox/";
+    size_t pl = sizeof(prefix) - 1;
+    if (path.len <= pl || memcmp(path.base, prefix, pl) != 0)
+        return -1;
+    int64_t id = 0;
+    size_t i = pl;
+    for (; i < path.len && path.base[i] >= '0' && path.base[i] <= '9' && id < INT64_MAX / 10; i++)
+        id = id * 10 + (path.base[i] - '0');
+    if (i == pl)
+        return -1;
+    if (i == path.len) {
+        *action = 0;
+        return id;
+    }
+    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/retry"))) {
+        *action = 1;
+        return id;
+    }
+    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/drop"))) {
+        *action = 2;
+        return id;
+    }
+    return -1;
+}
+
+/* Reads ?status=, ?target= and ?limit= of GET /api/outbox. Returns NULL or the error. */
+static const char *wh__admin_outbox_query(h2o_req_t *req, wh__admin_task_t *t)
+{
+    static const char *const statuses[] = {"pending", "inflight", "done", "dead", "dropped"};
+    static const char *const targets[] = {"evolution", "crm", "mail", "alert"};
+    t->limit = 100;
+    if (req->query_at == SIZE_MAX)
+        return NULL;
+    const char *q = req->path.base + req->query_at + 1;
+    size_t qlen = req->path.len - req->query_at - 1;
+    while (qlen > 0) {
+        const char *amp = memchr(q, '&', qlen);
+        size_t plen = amp != NULL ? (size_t)(amp - q) : qlen;
+        const char *eq = memchr(q, '=', plen);
+        if (eq != NULL) {
+            size_t kl = (size_t)(eq - q), vl = plen - kl - 1;
+            const char *v = eq + 1;
+            if (h2o_memis(q, kl, H2O_STRLIT("status")) || h2o_memis(q, kl, H2O_STRLIT("target"))) {
+                int is_status = q[0] == 's';
+                const char *const *list = is_status ? statuses : targets;
+                size_t n = is_status ? WH_ARRAY_SIZE(statuses) : WH_ARRAY_SIZE(targets);
+                const char *match = NULL;
+                for (size_t i = 0; i < n; i++)
+                    if (h2o_memis(v, vl, list[i], strlen(list[i])))
+                        match = list[i];
+                if (match == NULL && vl > 0)
+                    return is_status ? "status must be pending, inflight, done, dead or dropped"
+                                     : "target must be evolution, crm, mail or alert";
+                snprintf(is_status ? t->status_filter : t->target_filter,
+                         sizeof(t->status_filter), "%s", match != NULL ? match : "");
+            } else if (h2o_memis(q, kl, H2O_STRLIT("limit"))) {
+                long n = 0;
+                size_t i = 0;
+                for (; i < vl && v[i] >= '0' && v[i] <= '9' && n <= 100000; i++)
+                    n = n * 10 + (v[i] - '0');
+                if (i != vl || n < 1 || n > 10000)
+                    return "limit must be a number from 1 to 10000";
+                t->limit = (int)n;
+            }
+        }
+        if (amp == NULL)
+            break;
+        qlen -= plen + 1;
+        q = amp + 1;
+    }
+    return NULL;
+}
+
 static int wh__admin_authorized(wh_server_t *s, h2o_req_t *req)
 {
+    if (wh_dashboard_session_ok(s->dashboard, req))
+        return 1;
     const char *token = s->conf->admin.token;
     if (token == NULL || token[0] == '\0')
         return 0;
@@ -905,12 +1120,21 @@ static int64_t wh__admin_event_id(h2o_iovec_t path, int *retry)
 
 static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o_iovec_t path)
 {
+    for (size_t i = 0; i < s->num_modules; i++) {
+        const wh_admin_module_t *m = &s->modules[i];
+        size_t pl = strlen(m->prefix);
+        if (path.len >= pl && memcmp(path.base, m->prefix, pl) == 0 &&
+            m->serve(m->self, &s->admin_env, req, path))
+            return;
+    }
     int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
     int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
-    int retry = 0;
+    int retry = 0, action = 0;
     int64_t id = -1;
     int (*run)(wh__admin_task_t *) = NULL;
     const char *allow = NULL;
+    wh__admin_task_t query = {0};
+    const char *bad_query = NULL;
 
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/api/reload"))) {
         run = wh__admin_reload;
@@ -923,6 +1147,20 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
             run = wh__admin_retry;
         else if (!retry && is_get)
             run = wh__admin_show;
+    } else if (h2o_memis(path.base, path.len, H2O_STRLIT("/api/outbox"))) {
+        allow = "GET";
+        if (is_get) {
+            run = wh__admin_outbox_list;
+            bad_query = wh__admin_outbox_query(req, &query);
+        }
+    } else if ((id = wh__admin_outbox_id(path, &action)) >= 0) {
+        allow = action == 0 ? "GET" : "POST";
+        if (action == 0 && is_get)
+            run = wh__admin_outbox_show;
+        else if (action == 1 && is_post)
+            run = wh__admin_outbox_retry;
+        else if (action == 2 && is_post)
+            run = wh__admin_outbox_drop;
     } else {
         wh__respond_error(s, req, 404, "not found", 0);
         return;
@@ -936,6 +1174,10 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
     }
     if (run == NULL) {
         wh__respond_method(s, req, allow);
+        return;
+    }
+    if (bad_query != NULL) {
+        wh__respond_error(s, req, 400, bad_query, 0);
         return;
     }
     if (t->stopping || atomic_load(&s->shutting_down)) {
@@ -952,6 +1194,9 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
     task->server = s;
     task->id = id;
     task->run = run;
+    memcpy(task->status_filter, query.status_filter, sizeof(task->status_filter));
+    memcpy(task->target_filter, query.target_filter, sizeof(task->target_filter));
+    task->limit = query.limit;
     task->guard = h2o_mem_alloc_shared(&req->pool, sizeof(*task->guard), wh__admin_guard_dispose);
     task->guard->task = task;
     pthread_t tid;
@@ -1146,6 +1391,9 @@ static int wh__thread_init(wh_server_t *s, wh__thread_t *t, size_t index)
     if (s->has_admin && index == 0) {
         t->has_admin = 1;
         h2o_context_init(&t->admin_ctx, t->loop, &s->adminconf);
+        s->admin_env.admin_loop = t->loop;
+        s->admin_env.admin_queue = t->queue;
+        wh_admin_init(&s->admin_env);
         int fd = dup(s->admin_fd);
         if (fd < 0)
             return WH_EIO;
@@ -1237,8 +1485,23 @@ static void wh__globalconf_init(wh_server_t *s, h2o_globalconf_t *gc)
     gc->http1.upgrade_to_http2 = s->conf->http2;
 }
 
+/* Blocks the signals wh_server_run waits for, in the calling thread and so in every thread it
+ * creates from now on (the store writer starts in create): a signal must never land on a
+ * thread that would take its default action and kill the process mid-commit. */
+static void wh__block_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
 int wh_server_create(wh_server_t **out, wh_config_t *conf, char *err, size_t errlen)
 {
+    wh__block_signals();
     int rc = WH_ERR;
     wh_server_t *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -1351,6 +1614,29 @@ int wh_server_create(wh_server_t **out, wh_config_t *conf, char *err, size_t err
         s->num_listen_fds++;
     }
     if (conf->admin.port != 0) {
+        wh_dashboard_opts_t dopts = {.dir = conf->dashboard_dir, .token = conf->admin.token,
+                                     .session_ttl_ms = conf->dashboard_session_ttl_ms,
+                                     .login_per_minute = (int)conf->dashboard_login_rate,
+                                     .secure_cookie = conf->dashboard_secure_cookie};
+        if ((rc = wh_dashboard_new(&s->dashboard, &dopts, err, errlen)) != WH_OK)
+            goto fail;
+        wh_live_opts_t lopts = {.db_path = s->db_path,
+                                .max_clients = (size_t)conf->sse_max_clients,
+                                .client_buffer = (size_t)conf->sse_buffer,
+                                .heartbeat_ms = (int)conf->sse_heartbeat_ms};
+        if ((s->live = wh_live_new(&lopts)) == NULL) {
+            rc = WH_ENOMEM;
+            goto fail;
+        }
+        s->admin_env.conf = conf;
+        s->admin_env.store = s->store;
+        s->admin_env.db_path = s->db_path;
+        s->admin_env.scripts = s->scripts;
+        s->num_modules = wh_dashboard_modules(s->dashboard, s->modules, 12);
+        s->modules[s->num_modules++] = wh_live_module(s->live, s->dashboard);
+        wh_stats_module_init(&s->modules[s->num_modules++]);
+        wh_stats_set_auth(wh_dashboard_session_cb, s->dashboard);
+        wh_metrics_module_init(&s->modules[s->num_modules++], 1);
         wh__globalconf_init(s, &s->adminconf);
         wh__register_handler(s, &s->adminconf, "default", NULL);
         s->has_admin = 1;
@@ -1379,6 +1665,12 @@ int wh_server_run(wh_server_t *s)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    const char *routes[WH_MAX_ROUTES + 2];
+    size_t nroutes = 0;
+    for (size_t i = 0; i < s->conf->num_routes; i++)
+        routes[nroutes++] = s->conf->routes[i].path;
+    wh_metrics_set_routes(routes, nroutes);
+
     s->num_threads = (size_t)s->conf->num_threads;
     s->threads = calloc(s->num_threads, sizeof(*s->threads));
     if (s->threads == NULL)
@@ -1396,6 +1688,16 @@ int wh_server_run(wh_server_t *s)
         wh_log(WH_LOG_ERROR, "cannot start processors", "{s:s}", "error", perr);
         return WH_EIO;
     }
+    char derr[512];
+    if (wh_deliverers_start(&s->deliverers, s->conf, s->store, s->db_path, s->scripts, derr,
+                            sizeof(derr)) != WH_OK) {
+        wh_log(WH_LOG_ERROR, "cannot start deliverers", "{s:s}", "error", derr);
+        return WH_EIO;
+    }
+    if (wh_watchdog_start(&s->watchdog, s->conf, s->store, s->db_path, derr, sizeof(derr)) !=
+        WH_OK)
+        wh_log(WH_LOG_WARN, "cannot start the watchdog", "{s:s}", "error", derr);
+    s->admin_env.processors = s->processors;
     if (wh_scripts_watch(s->scripts) != WH_OK)
         wh_log(WH_LOG_WARN, "cannot watch the scripts; reload with SIGHUP or wahook reload", NULL);
     for (size_t i = 0; i < s->num_threads; i++)
@@ -1446,6 +1748,7 @@ int wh_server_run(wh_server_t *s)
     }
     wh_log(WH_LOG_INFO, "shutting down", "{s:i}", "signal", sig);
     atomic_store(&s->shutting_down, 1);
+    wh_live_shutdown(s->live);
     for (size_t i = 0; i < s->num_threads; i++) {
         h2o_multithread_message_t *m = calloc(1, sizeof(*m));
         if (m != NULL)
@@ -1462,9 +1765,14 @@ int wh_server_run(wh_server_t *s)
         pthread_join(s->parse_tids[i], NULL);
     s->parse_started = 0;
 
-    /* Processors finish their batch and its commits before the writer drains and stops. */
+    /* Processors finish their batch and its commits before the writer drains and stops; then
+     * the deliverers record what their transfers in flight achieved (the rest stays pending). */
     wh_processors_stop(s->processors);
     s->processors = NULL;
+    wh_watchdog_stop(s->watchdog);
+    s->watchdog = NULL;
+    wh_deliverers_stop(s->deliverers);
+    s->deliverers = NULL;
     wh_store_close(s->store);
     s->store = NULL;
     wh_log(WH_LOG_INFO, "stopped", NULL);
@@ -1478,7 +1786,11 @@ void wh_server_free(wh_server_t *s)
     /* Loop threads have exited; their contexts are left to process exit, because disposing an
      * h2o context while its HTTP/2 graceful-shutdown timer is armed aborts (h2o 2.2.5). */
     wh_processors_stop(s->processors);
+    wh_watchdog_stop(s->watchdog);
+    wh_deliverers_stop(s->deliverers);
     wh_store_close(s->store);
+    wh_live_free(s->live);
+    wh_dashboard_free(s->dashboard);
     wh_scripts_free(s->scripts);
     for (size_t i = 0; i < s->num_routes; i++) {
         wh_cidr_list_free(s->routes[i].allow);

@@ -12,6 +12,7 @@
 #include "wahook/common.h"
 #include "wahook/envelope.h"
 #include "wahook/log.h"
+#include "wahook/stats.h"
 #include "wahook/store.h"
 #include "store_internal.h"
 
@@ -167,6 +168,28 @@ static const char *const wh__migrations[] = {
     " learned_at INTEGER NOT NULL,"
     " PRIMARY KEY(instance, from_key));"
     "CREATE INDEX contact_merges_to ON contact_merges(instance, to_key);",
+
+    /* 3: delivery (store_outbox.c). Whether a contact is on WhatsApp (NULL unknown, 0 not: a
+     * sendText answered exists:false); the per-(target, instance, contact) FIFO check and the
+     * retry wake-up time of the outbox; one alert per incident (opened/cleared by the watchdog,
+     * the scripts' close alert and misconfigured targets); rate-limited alerts per target. */
+    "ALTER TABLE contacts ADD COLUMN on_whatsapp INTEGER;"
+    "CREATE INDEX outbox_pending ON outbox(target, instance, contact_key, id)"
+    " WHERE status IN ('pending', 'inflight');"
+    "CREATE INDEX outbox_retry ON outbox(next_attempt_at)"
+    " WHERE status = 'pending' AND next_attempt_at > 0;"
+    "CREATE TABLE incidents("
+    " key TEXT PRIMARY KEY,"
+    " opened_at INTEGER,"
+    " cleared_at INTEGER," /* NULL while open */
+    " last_alert_at INTEGER);"
+    "CREATE TABLE target_alerts("
+    " target TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " last_at INTEGER NOT NULL,"
+    " PRIMARY KEY(target, kind)) WITHOUT ROWID;",
+    /* 4: indexes and the bot-reply table the analytics queries need (stats.c). */
+    WH_STATS_MIGRATION,
 };
 
 void wh__store_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -431,12 +454,13 @@ static void wh__note_result(wh_store_t *s, int rc, const char *msg, size_t n)
 }
 
 /* Runs one queued item inside the batch transaction, in its own savepoint. Returns SQLITE_OK
- * with s->status[i] set, or the SQLite error that fails the whole batch. *wake is raised when
- * the item committed something processors must look at. */
+ * with s->status[i] set, or the SQLite error that fails the whole batch. Bit 1 of *wake is
+ * raised when the item committed something processors must look at, bit 2 when it committed
+ * outbox rows deliverers must look at. */
 static int wh__write_item(wh_store_t *s, size_t i, int64_t now, int *wake)
 {
     const wh__qitem_t *q = &s->batch[i];
-    int item_wake = 0;
+    int item_wake = 0, item_outbox = 0;
     int rc = wh__store_run(s->st_savepoint);
     if (rc != SQLITE_OK)
         return rc;
@@ -447,12 +471,22 @@ static int wh__write_item(wh_store_t *s, size_t i, int64_t now, int *wake)
         rc = wh__write_job(s, q->p, now, &s->ids[i], &s->dup[i], &s->status[i]);
         item_wake = !s->dup[i];
         break;
-    case WH__Q_WORK:
+    case WH__Q_WORK: {
+        const wh_work_commit_t *c = q->p;
         rc = wh__work_apply(s, q->p, now, &s->status[i], &item_wake);
+        /* Actions became outbox rows: the deliverers' hook runs after the commit. */
+        item_outbox = c->status == WH_WORK_DONE && c->outcome != NULL &&
+                      c->outcome->actions != NULL && json_array_size(c->outcome->actions) > 0;
         break;
-    default:
-        rc = wh__task_apply(s, q->p, now, &s->status[i], &item_wake);
+    }
+    default: {
+        wh__task_t *t = q->p;
+        if (t->op == WH__TASK_FN)
+            rc = t->fn(s, t, now, &s->status[i], &item_outbox);
+        else
+            rc = wh__task_apply(s, t, now, &s->status[i], &item_wake);
         break;
+    }
     }
     if (rc != SQLITE_OK)
         return rc;
@@ -460,14 +494,18 @@ static int wh__write_item(wh_store_t *s, size_t i, int64_t now, int *wake)
         /* Undo whatever part of the item was written; its neighbours keep theirs. */
         if ((rc = wh__store_run(s->st_rollback_to)) != SQLITE_OK)
             return rc;
-    } else if (item_wake) {
-        *wake = 1;
+    } else {
+        if (item_wake)
+            *wake |= 1;
+        if (item_outbox)
+            *wake |= 2;
     }
     return wh__store_run(s->st_release);
 }
 
 /* Writes one batch in one transaction, then wakes processors and runs every item's callback. */
-static void wh__write_batch(wh_store_t *s, size_t n, void (*hook)(void *), void *hook_arg)
+static void wh__write_batch(wh_store_t *s, size_t n, void (*hook)(void *), void *hook_arg,
+                            void (*ohook)(void *), void *ohook_arg)
 {
     int64_t now = wh_now_ms();
     int wake = 0;
@@ -491,8 +529,10 @@ static void wh__write_batch(wh_store_t *s, size_t n, void (*hook)(void *), void 
     } else {
         wh__note_result(s, SQLITE_OK, NULL, n);
     }
-    if (wake && hook != NULL)
+    if ((wake & 1) && hook != NULL)
         hook(hook_arg);
+    if ((wake & 2) && ohook != NULL)
+        ohook(ohook_arg);
 
     /* A callback may free its item: never look at an item after its callback ran. */
     for (size_t i = 0; i < n; i++) {
@@ -550,8 +590,10 @@ static void *wh__writer_main(void *arg)
         s->count -= n;
         void (*hook)(void *) = s->hook_fn;
         void *hook_arg = s->hook_arg;
+        void (*ohook)(void *) = s->outbox_hook_fn;
+        void *ohook_arg = s->outbox_hook_arg;
         pthread_mutex_unlock(&s->mu);
-        wh__write_batch(s, n, hook, hook_arg);
+        wh__write_batch(s, n, hook, hook_arg, ohook, ohook_arg);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -894,4 +936,9 @@ done:
     sqlite3_finalize(st);
     sqlite3_close(db);
     return ret;
+}
+
+int wh_store_schema_latest(void)
+{
+    return (int)WH_ARRAY_SIZE(wh__migrations);
 }

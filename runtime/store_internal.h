@@ -20,10 +20,16 @@ typedef struct wh__qitem {
 } wh__qitem_t;
 
 /* A synchronous task run by the writer for a caller that waits for it (operator actions). */
-enum { WH__TASK_RETRY = 1, WH__TASK_MERGE = 2 };
+enum { WH__TASK_RETRY = 1, WH__TASK_MERGE = 2, WH__TASK_FN = 3 };
 
 typedef struct wh__task {
     int op;
+    /* WH__TASK_FN (store_outbox.c): runs on the writer connection inside the batch transaction,
+     * in the item's savepoint. Returns SQLITE_OK with *status set (0 or a WH_E* code failing
+     * this task only), or the SQLite error that fails the batch. Sets *outbox when deliverers
+     * should re-scan (the outbox hook runs after the commit). */
+    int (*fn)(wh_store_t *s, struct wh__task *t, int64_t now, int *status, int *outbox);
+    void *arg;
     int64_t id;           /* RETRY */
     const char *instance; /* MERGE */
     const char *from_key;
@@ -93,6 +99,8 @@ struct wh_store {
     int closing;
     void (*hook_fn)(void *arg);
     void *hook_arg;
+    void (*outbox_hook_fn)(void *arg); /* deliverers: new or re-queued outbox rows committed */
+    void *outbox_hook_arg;
     pthread_t writer;
     int writer_started;
 

@@ -141,6 +141,15 @@ typedef struct wh_config {
     int64_t watchdog_silence_ms;        /* alert when no webhook arrived for this long */
     int64_t watchdog_auth_failures;     /* authentication rejections per minute that alert */
     wh_strlist_t watchdog_instances;    /* instances whose connectionState is polled */
+
+    /* Dashboard and live event feed (wahook.dashboard.*). */
+    char *dashboard_dir;                /* static files; NULL: runtime/web, then next to the binary */
+    int64_t dashboard_session_ttl_ms;   /* lifetime of a dashboard login; default 12 h */
+    int64_t dashboard_login_rate;       /* login attempts per client address per minute; 10 */
+    int dashboard_secure_cookie;        /* Secure cookie even without TLS (TLS proxy); OFF */
+    int64_t sse_max_clients;            /* open event streams at most; default 32 */
+    int64_t sse_buffer;                 /* bytes queued for one stream before the cut; 256 KiB */
+    int64_t sse_heartbeat_ms;           /* heartbeat comment interval; default 15000 */
 } wh_config_t;
 
 /* Loads a dotenv file (KEY=VALUE, # comments, optional quotes, optional "export ") into the

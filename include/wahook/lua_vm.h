@@ -144,4 +144,71 @@ void wh_lua_vm_mem_stats(const wh_lua_vm_t *vm, size_t *used, size_t *peak);
  * "event handler (dry run)". */
 const char *wh_lua_phase_name(int phase);
 
+/* ---- coroutines: a yielding wahook.http.request (CRM runs, see crm_runner.h) ----------------
+ *
+ * Inside wh_lua_vm_resume, wahook.http.request does not call http_fn: it validates its argument
+ * exactly as the blocking form does, hands the request to the resumer (wh_lua_http_yield_t) and
+ * yields. The resumer performs the transfer however it likes (a libcurl multi loop) and resumes
+ * the coroutine with the answer (wh_lua_http_result_t); the script then gets {status, headers,
+ * body, json} or nil, message, as from the blocking form. Yields work across pcall. Called from a
+ * coroutine the script created itself, or where Lua cannot yield (a metamethod, a sort
+ * comparator, a module's top level), the request raises an error instead. Outside
+ * wh_lua_vm_resume the blocking http_fn is used as before. */
+
+/* A request yielded by wahook.http.request. req is a view of the owned copies below (method is a
+ * static string). The resumer owns the whole struct's memory until it calls
+ * wh_lua_http_yield_clear (wh_lua_vm_resume also clears it before resuming). */
+typedef struct wh_lua_http_yield {
+    int pending;          /* 1 when the last resume ended in a yielded request */
+    wh_lua_http_req_t req;
+    char *path_buf;
+    char *body_buf;
+    json_t *headers_buf;
+} wh_lua_http_yield_t;
+
+/* Frees the owned copies and zeroes y. NULL is fine. */
+void wh_lua_http_yield_clear(wh_lua_http_yield_t *y);
+
+/* The answer to a yielded request. err NULL: resp is the HTTP answer (any status); its body
+ * (malloc) and headers (lower-case names, json_decref) are taken over by wh_lua_vm_resume in
+ * every case. err non-NULL: the transfer failed (timeout, connection refused, …); the script
+ * gets nil, err. */
+typedef struct wh_lua_http_result {
+    const char *err;
+    wh_lua_http_resp_t resp;
+} wh_lua_http_result_t;
+
+/* Resumes coroutine co, a thread created with lua_newthread on wh_lua_vm_state(vm) and kept
+ * referenced by the caller, in the VM's current phase (wh_lua_vm_set_context), memory cap on.
+ * First resume: co holds a function and nargs arguments. Later resumes: nargs 0, and result
+ * answers the request of the previous yield (NULL: the script sees nil, "resumed without an
+ * answer"). *used_s (seconds of Lua run time the coroutine already had) is advanced by this
+ * resume: the VM's deadline bounds the sum over all resumes, so time spent waiting for HTTP
+ * between resumes never counts, while a script cannot escape its deadline by yielding.
+ * Returns:
+ *  - 0 with *yielded 0: the function returned; *nres results are on co's stack.
+ *  - 0 with *yielded 1: the coroutine yielded; y->pending says whether it was a request from
+ *    wahook.http.request (y->req), else a bare coroutine.yield of the script.
+ *  - WH_ETIMEDOUT / WH_ENOMEM: killed, messages as wh_lua_vm_call's.
+ *  - WH_ERR: the script raised; err holds the message (for a table error object its string
+ *    field "message", if any) and a stack traceback, and the error object itself is left on
+ *    top of co's stack for the caller to inspect (raw reads only: co is dead).
+ *  - WH_EINVAL: bad arguments, or called from inside another call of the VM.
+ * After anything but a yield the coroutine is finished: release it (wh_lua_vm_close_thread).
+ * Must not be called from inside wh_lua_vm_call. */
+int wh_lua_vm_resume(wh_lua_vm_t *vm, lua_State *co, int nargs, wh_lua_http_result_t *result,
+                     wh_lua_http_yield_t *y, double *used_s, int *yielded, int *nres, char *err,
+                     size_t errlen);
+
+/* Closes the pending to-be-closed variables of a suspended or failed coroutine (under the
+ * deadline) and empties its stack, so an abandoned run leaves nothing behind but garbage. */
+void wh_lua_vm_close_thread(wh_lua_vm_t *vm, lua_State *co);
+
+/* For runtime/lua_api_http.c: the yield slot and coroutine of the running wh_lua_vm_resume
+ * (NULL, and *co NULL, when none runs: wahook.http.request then blocks on http_fn). */
+wh_lua_http_yield_t *wh_lua_vm_yield_slot(wh_lua_vm_t *vm, lua_State **co);
+/* For runtime/lua_api_http.c: takes the result the running resume was given (NULL when none);
+ * the taker frees resp's body and headers. */
+wh_lua_http_result_t *wh_lua_vm_take_result(wh_lua_vm_t *vm);
+
 #endif

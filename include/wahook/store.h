@@ -58,6 +58,8 @@ void wh_store_close(wh_store_t *s);
 
 /* Schema version after migrations (PRAGMA user_version). */
 int wh_store_schema_version(wh_store_t *s);
+/* The schema version this build migrates to (the number of migrations it knows). */
+int wh_store_schema_latest(void);
 
 /* A stored event, as read by the events listing. Strings are valid during the callback only. */
 typedef struct wh_event_row {

@@ -255,7 +255,7 @@ static void test_migrations(void)
     wh_store_t *s = open_store(path, 0);
     if (s == NULL)
         return;
-    CHECK_INT(wh_store_schema_version(s), 2);
+    CHECK_INT(wh_store_schema_version(s), wh_store_schema_latest());
     wh_store_close(s);
     CHECK_INT(q_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN"
                           " ('contact_state','timers','outbox','facts','metrics_counts',"
@@ -265,7 +265,10 @@ static void test_migrations(void)
     CHECK_INT(q_int(path, "SELECT count(*) FROM pragma_table_info('events')"
                           " WHERE name = 'next_attempt_at' AND \"notnull\" AND dflt_value = '0'"),
               1);
-    CHECK_INT(q_int(path, "SELECT count(*) FROM pragma_index_list('outbox')"), 2);
+    /* migration 2's two outbox indexes exist (later migrations may add more) */
+    CHECK_INT(q_int(path, "SELECT count(*) FROM pragma_index_list('outbox')"
+                          " WHERE name IN ('outbox_status', 'outbox_contact')"),
+              2);
     remove_db(path);
 
     /* A database made by a version-1 build, with rows: upgraded in place, nothing lost. */
@@ -286,7 +289,7 @@ static void test_migrations(void)
     s = open_store(path, 0);
     if (s == NULL)
         return;
-    CHECK_INT(wh_store_schema_version(s), 2);
+    CHECK_INT(wh_store_schema_version(s), wh_store_schema_latest());
     /* The old alias still resolves, and the old dedup key still holds. */
     waiter_t w;
     waiter_init(&w);
@@ -298,7 +301,7 @@ static void test_migrations(void)
     waiter_destroy(&w);
     int64_t id = ingest(s, "i", "presence.update", "sha256:p", NULL, "9@lid");
     wh_store_close(s);
-    CHECK_INT(q_int(path, "PRAGMA user_version"), 2);
+    CHECK_INT(q_int(path, "PRAGMA user_version"), wh_store_schema_latest());
     CHECK_INT(q_int(path, "SELECT count(*) FROM events"), 3);
     CHECK_INT(q_int(path, "SELECT next_attempt_at FROM events WHERE dedup_id = 'OLD1'"), 0);
     char buf[64];
