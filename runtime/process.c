@@ -13,6 +13,7 @@
 #include <lua.h>
 
 #include "wahook/common.h"
+#include "wahook/deliver.h"
 #include "wahook/log.h"
 #include "wahook/lua_vm.h"
 #include "wahook/luaconv.h"
@@ -65,6 +66,7 @@ struct wh_processors {
     unsigned n;
     wh__proc_t *procs;
     atomic_int stop;
+    _Atomic(struct wh_deliverers *) deliverers;
     atomic_long processed, failed, dead, timers, normalize_errors, contact_mismatches;
 };
 
@@ -212,6 +214,27 @@ static json_t *wh__timer_event(const wh_work_item_t *it)
                      it->contact_key != NULL ? json_string(it->contact_key) : json_null(),
                      "payload", payload != NULL ? payload : json_null(), "attempt",
                      it->attempts + 1);
+}
+
+/* 1 when it is the echo of an outgoing message (send.message, or fromMe upsert) for a contact
+ * with an Evolution send of ours still in flight: it waits until that send is resolved, so the
+ * runtime can tell wahook's own message from one another client sent. */
+static int wh__echo_must_wait(wh__proc_t *p, const wh_work_item_t *it)
+{
+    struct wh_deliverers *d = atomic_load(&p->pool->deliverers);
+    if (d == NULL || it->is_timer || it->contact_key == NULL ||
+        (strcmp(it->event, "send.message") != 0 && strcmp(it->event, "messages.upsert") != 0) ||
+        it->body == NULL || strstr(it->body, "\"fromMe\":true") == NULL)
+        return 0;
+    int64_t ids[16];
+    size_t n = 0;
+    if (wh_store_pending_sends(p->reader, it->instance, it->contact_key, it->received_at, ids,
+                               WH_ARRAY_SIZE(ids), &n) != WH_OK)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (wh_deliverers_in_flight((wh_deliverers_t *)d, ids[i]))
+            return 1;
+    return 0;
 }
 
 /* Runs one item into sl->commit. prior is the contact's state (borrowed, may be NULL). */
@@ -413,6 +436,11 @@ static size_t wh__batch(wh__proc_t *p)
         wh__contact_t *c = wh__contact(contacts, &nc, it);
         if (c->key == NULL || c->blocked)
             continue; /* strict FIFO: an earlier event of this contact is waiting for a retry */
+        if (wh__echo_must_wait(p, it)) {
+            /* Nothing is committed: the next scan (a wake-up or the poll) sees it again. */
+            c->blocked = 1;
+            continue;
+        }
         if (!c->loaded) {
             if (wh_store_state_get(p->reader, it->instance, it->contact_key, &c->state) != WH_OK)
                 c->state = NULL;
@@ -498,6 +526,12 @@ static void *wh__proc_main(void *arg)
 }
 
 /* ---- pool ------------------------------------------------------------------------------------ */
+
+void wh_processors_set_deliverers(wh_processors_t *pool, struct wh_deliverers *d)
+{
+    if (pool != NULL)
+        atomic_store(&pool->deliverers, d);
+}
 
 void wh_processors_wake(wh_processors_t *pool)
 {

@@ -1694,6 +1694,7 @@ int wh_server_run(wh_server_t *s)
         wh_log(WH_LOG_ERROR, "cannot start deliverers", "{s:s}", "error", derr);
         return WH_EIO;
     }
+    wh_processors_set_deliverers(s->processors, s->deliverers);
     if (wh_watchdog_start(&s->watchdog, s->conf, s->store, s->db_path, derr, sizeof(derr)) !=
         WH_OK)
         wh_log(WH_LOG_WARN, "cannot start the watchdog", "{s:s}", "error", derr);

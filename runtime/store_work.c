@@ -1482,6 +1482,33 @@ int wh_store_message_origin(wh_store_reader_t *r, const char *instance, const ch
     return ret;
 }
 
+int wh_store_pending_sends(wh_store_reader_t *r, const char *instance, const char *contact_key,
+                           int64_t before_ms, int64_t *ids, size_t max, size_t *n)
+{
+    *n = 0;
+    if (r == NULL || instance == NULL || contact_key == NULL)
+        return WH_EINVAL;
+    sqlite3_stmt *st = NULL;
+    /* Rare (echoes of outgoing messages only): prepared per call rather than kept. */
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT id FROM outbox WHERE target = 'evolution' AND instance = ?1"
+                           " AND contact_key = ?2 AND status = 'pending' AND created_at <= ?3"
+                           " ORDER BY id LIMIT ?4",
+                           -1, &st, NULL) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return WH_EIO;
+    }
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, contact_key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, before_ms);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)max);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
+        ids[(*n)++] = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? WH_OK : WH_EIO;
+}
+
 /* Copies a column into a caller's buffer; 0 when it does not fit. */
 static int wh__col_copy(sqlite3_stmt *st, int i, char *out, size_t outlen)
 {

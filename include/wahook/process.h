@@ -19,6 +19,11 @@ typedef struct wh_processors wh_processors_t;
 int wh_processors_start(wh_processors_t **out, const wh_config_t *conf, wh_store_t *store,
                         const char *db_path, wh_scripts_t *scripts, char *err, size_t errlen);
 
+struct wh_deliverers;
+/* Lets processors ask whether an Evolution send is in flight (to hold back its echo). Call once
+ * the deliverers run; NULL turns the check off. */
+void wh_processors_set_deliverers(wh_processors_t *p, struct wh_deliverers *d);
+
 /* Wakes every processor (new work may be due). Thread-safe, cheap. */
 void wh_processors_wake(wh_processors_t *p);
 

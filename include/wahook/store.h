@@ -150,6 +150,12 @@ int wh_store_state_get(wh_store_reader_t *r, const char *instance, const char *c
 int wh_store_message_origin(wh_store_reader_t *r, const char *instance, const char *wa_id,
                             char *out, size_t outlen);
 
+/* Ids of the Evolution sends queued for contact_key before before_ms that are not delivered
+ * yet (at most max, oldest first): the processor holds back the echo of an outgoing message
+ * while one of them is in flight, so it can tell wahook's own send from another client's. */
+int wh_store_pending_sends(wh_store_reader_t *r, const char *instance, const char *contact_key,
+                           int64_t before_ms, int64_t *ids, size_t max, size_t *n);
+
 typedef enum wh_work_status {
     WH_WORK_DONE = 1,  /* handler ran (or there was none): apply the outcome */
     WH_WORK_RETRY = 2, /* failed: attempts+1, keep error, try again at next_attempt_at */

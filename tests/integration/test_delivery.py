@@ -352,6 +352,30 @@ class Ordering(harness.WahookTestCase, DeliveryCase):
         wait_outbox(srv, 3, "evolution", want=("done",), timeout=10)
 
 
+    def test_echo_waits_for_our_send_in_flight(self):
+        """An echo of an outgoing message for a contact with one of our sends in flight is
+        processed only once that send is resolved, so its origin is decided with the send's
+        key.id known (issue: an echo waits until the send is resolved)."""
+        phone = "34600000409"
+        evo = self.evolution()
+        evo.configure(next_ids=["3EB0ECHOWAIT0000000001"])
+        srv = self.server(delivery_top(evolution=evo))
+        self.post_actions(srv, {"send": "held", "delay": 2500}, phone=phone)
+        evo.wait_sends(1, ok=None, timeout=15)  # the send is in flight now
+        echo_id, _ = self.send_message_echo(srv, phone, "held", wa_id="3EB0ECHOWAIT0000000001")
+        time.sleep(1.0)
+        row = srv.query("SELECT status FROM events WHERE id = ?", (echo_id,))[0]
+        self.assertEqual(row["status"], "pending", "the echo waits while our send is in flight")
+        self.wait_events(srv, [echo_id], timeout=20)
+        send = outbox(srv, "evolution")[0]
+        self.assertEqual(send["status"], "done")
+        done_at = srv.query("SELECT processed_at FROM events WHERE id = ?",
+                            (echo_id,))[0]["processed_at"]
+        self.assertGreaterEqual(done_at, send["updated_at"], "processed after the send resolved")
+        origin = srv.query("SELECT origin FROM messages WHERE wa_id = ?",
+                           ("3EB0ECHOWAIT0000000001",))[0]["origin"]
+        self.assertEqual(origin, "wahook", "the echo is recognised as wahook's own message")
+
 class ConnectionState(harness.WahookTestCase, DeliveryCase):
     def test_sends_pause_while_close_and_resume_after_open(self):
         evo = self.evolution()  # its connectionState says open: the known close must win
@@ -527,6 +551,11 @@ class OutboxCli(harness.WahookTestCase, DeliveryCase):
         evo.wait_sends(1, ok=True, number=a, timeout=10)
         p = srv.cli(["outbox", "drop", str(idb)])
         self.assertEqual(p.returncode, 0, ph.out_text(p))
+        # the stand-in answered; the row turns done once that answer is committed
+        for _ in range(200):
+            if {r["id"]: r for r in outbox(srv, "evolution")}[ida]["status"] == "done":
+                break
+            time.sleep(0.05)
         rows = {r["id"]: r for r in outbox(srv, "evolution")}
         self.assertEqual(rows[ida]["status"], "done")
         self.assertEqual(rows[idb]["status"], "dropped")
