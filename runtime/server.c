@@ -84,7 +84,6 @@ typedef struct wh__thread {
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t done_receiver;    /* completions of deferred requests */
     h2o_multithread_receiver_t control_receiver; /* shutdown request */
-    h2o_multithread_receiver_t admin_receiver;   /* answers of admin tasks */
     h2o_timeout_t commit_timeouts[WH_MAX_ROUTES];
     size_t inflight;
     int stopping;
@@ -121,12 +120,9 @@ typedef struct wh__job {
     struct wh__job *next_parse;
 } wh__job_t;
 
-/* An admin request whose work (reload, retry, store reads) runs on its own thread. */
+/* An admin request whose work (reload, retry, store reads) runs on a worker thread through
+ * wh_admin_defer, which answers it from the admin loop. */
 typedef struct wh__admin_task {
-    h2o_multithread_message_t super;
-    struct wh__thread *owner;
-    h2o_req_t *req;
-    struct wh__admin_guard *guard;
     wh_server_t *server;
     int64_t id;
     char status_filter[16]; /* GET /api/outbox: ?status= and ?target= ("" = any), ?limit= */
@@ -136,10 +132,6 @@ typedef struct wh__admin_task {
     int status;
     char *body;
 } wh__admin_task_t;
-
-typedef struct wh__admin_guard {
-    wh__admin_task_t *task;
-} wh__admin_guard_t;
 
 struct wh_server {
     wh_config_t *conf;
@@ -801,39 +793,14 @@ static void wh__serve_webhook(wh_server_t *s, wh__thread_t *t, const wh__route_t
 
 /* ---- admin API ------------------------------------------------------------------------------ */
 
-static void wh__admin_guard_dispose(void *p)
-{
-    wh__admin_guard_t *g = p;
-    if (g->task != NULL)
-        g->task->req = NULL;
-}
-
-static void wh__on_admin_done(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
-{
-    wh__thread_t *t = H2O_STRUCT_FROM_MEMBER(wh__thread_t, admin_receiver, receiver);
-    while (!h2o_linklist_is_empty(messages)) {
-        h2o_multithread_message_t *m =
-            H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
-        h2o_linklist_unlink(&m->link);
-        wh__admin_task_t *task = H2O_STRUCT_FROM_MEMBER(wh__admin_task_t, super, m);
-        if (task->req != NULL) {
-            task->guard->task = NULL;
-            wh__respond_json(task->server, task->req, task->status,
-                             task->body != NULL ? task->body : "{}");
-        }
-        free(task->body);
-        free(task);
-        t->inflight--;
-    }
-}
-
-static void *wh__admin_task_main(void *arg)
+/* wh_admin_defer's worker: runs the task and hands its answer over. */
+static void wh__admin_task_run(void *arg, wh_admin_reply_t *reply)
 {
     wh__admin_task_t *task = arg;
     task->run(task);
-    memset(&task->super, 0, sizeof(task->super));
-    h2o_multithread_send_message(&task->owner->admin_receiver, &task->super);
-    return NULL;
+    reply->status = task->status;
+    reply->body = task->body; /* freed by admin.c once sent */
+    free(task);
 }
 
 static char *wh__dump(json_t *obj)
@@ -1189,28 +1156,16 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
         wh__respond_error(s, req, 503, "out of memory", 5);
         return;
     }
-    task->owner = t;
-    task->req = req;
     task->server = s;
     task->id = id;
     task->run = run;
     memcpy(task->status_filter, query.status_filter, sizeof(task->status_filter));
     memcpy(task->target_filter, query.target_filter, sizeof(task->target_filter));
     task->limit = query.limit;
-    task->guard = h2o_mem_alloc_shared(&req->pool, sizeof(*task->guard), wh__admin_guard_dispose);
-    task->guard->task = task;
-    pthread_t tid;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    t->inflight++;
-    if (pthread_create(&tid, &attr, wh__admin_task_main, task) != 0) {
-        t->inflight--;
-        task->guard->task = NULL;
+    if (wh_admin_defer(req, wh__admin_task_run, task) != WH_OK) {
         free(task);
         wh__respond_error(s, req, 503, "cannot start the admin task", 5);
     }
-    pthread_attr_destroy(&attr);
 }
 
 static int wh__on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -1343,7 +1298,8 @@ static void *wh__thread_main(void *arg)
         double now = wh_mono_now();
         if (deadline == 0)
             deadline = now + (double)s->conf->shutdown_timeout_ms / 1000.0;
-        if (t->inflight > 0 && now < deadline) {
+        size_t pending = t->inflight + (t->has_admin ? wh_admin_pending() : 0);
+        if (pending > 0 && now < deadline) {
             flush_until = 0;
             continue;
         }
@@ -1367,7 +1323,6 @@ static int wh__thread_init(wh_server_t *s, wh__thread_t *t, size_t index)
     t->queue = h2o_multithread_create_queue(t->loop);
     h2o_multithread_register_receiver(t->queue, &t->done_receiver, wh__on_done);
     h2o_multithread_register_receiver(t->queue, &t->control_receiver, wh__on_control);
-    h2o_multithread_register_receiver(t->queue, &t->admin_receiver, wh__on_admin_done);
     for (size_t i = 0; i < s->num_routes; i++) {
         int64_t ms = s->routes[i].conf->kind == WH_HANDLER_WEBHOOK
                          ? s->routes[i].conf->webhook.commit_timeout_ms
