@@ -972,11 +972,12 @@ static int wh__admin_outbox_drop(wh__admin_task_t *t)
     return wh__admin_outbox_change(t, 1);
 }
 
-/* /api/outbox/<id>[/retry|/drop] → id and the action (0 show, 1 retry, 2 drop); -1 otherwise. */
-static int64_t wh__admin_outbox_id(h2o_iovec_t path, int *action)
+/* <prefix><id>[/<suffix>] → id, with *action 0 for no suffix or k for suffixes[k-1]
+ * (a NULL-terminated list); -1 when the path has another shape. */
+static int64_t wh__admin_id_path(h2o_iovec_t path, const char *prefix,
+                                 const char *const *suffixes, int *action)
 {
-    static const char prefix[] = "/api/outbox/";
-    size_t pl = sizeof(prefix) - 1;
+    size_t pl = strlen(prefix);
     if (path.len <= pl || memcmp(path.base, prefix, pl) != 0)
         return -1;
     int64_t id = 0;
@@ -985,17 +986,14 @@ static int64_t wh__admin_outbox_id(h2o_iovec_t path, int *action)
         id = id * 10 + (path.base[i] - '0');
     if (i == pl)
         return -1;
-    if (i == path.len) {
-        *action = 0;
+    *action = 0;
+    if (i == path.len)
         return id;
-    }
-    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/retry"))) {
-        *action = 1;
-        return id;
-    }
-    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/drop"))) {
-        *action = 2;
-        return id;
+    for (int k = 0; suffixes[k] != NULL; k++) {
+        if (h2o_memis(path.base + i, path.len - i, suffixes[k], strlen(suffixes[k]))) {
+            *action = k + 1;
+            return id;
+        }
     }
     return -1;
 }
@@ -1050,40 +1048,9 @@ static const char *wh__admin_outbox_query(h2o_req_t *req, wh__admin_task_t *t)
 
 static int wh__admin_authorized(wh_server_t *s, h2o_req_t *req)
 {
-    if (wh_dashboard_session_ok(s->dashboard, req))
-        return 1;
-    const char *token = s->conf->admin.token;
-    if (token == NULL || token[0] == '\0')
-        return 0;
-    h2o_iovec_t a = wh__header(req, H2O_TOKEN_AUTHORIZATION);
-    if (a.len < 7 || !h2o_lcstris(a.base, 7, H2O_STRLIT("bearer ")))
-        return 0;
-    return wh_ct_equal(a.base + 7, a.len - 7, token, strlen(token));
+    return wh_dashboard_session_ok(s->dashboard, req) || wh_admin_token_ok(&s->admin_env, req);
 }
 
-/* /api/events/<id>[/retry] → id and whether it is the retry action; -1 when not that shape. */
-static int64_t wh__admin_event_id(h2o_iovec_t path, int *retry)
-{
-    static const char prefix[] = "/api/events/";
-    size_t pl = sizeof(prefix) - 1;
-    if (path.len <= pl || memcmp(path.base, prefix, pl) != 0)
-        return -1;
-    int64_t id = 0;
-    size_t i = pl;
-    for (; i < path.len && path.base[i] >= '0' && path.base[i] <= '9' && id < INT64_MAX / 10; i++)
-        id = id * 10 + (path.base[i] - '0');
-    if (i == pl)
-        return -1;
-    if (i == path.len) {
-        *retry = 0;
-        return id;
-    }
-    if (h2o_memis(path.base + i, path.len - i, H2O_STRLIT("/retry"))) {
-        *retry = 1;
-        return id;
-    }
-    return -1;
-}
 
 static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o_iovec_t path)
 {
@@ -1108,7 +1075,8 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
         allow = "POST";
         if (!is_post)
             run = NULL;
-    } else if ((id = wh__admin_event_id(path, &retry)) >= 0) {
+    } else if ((id = wh__admin_id_path(path, "/api/events/", (const char *const[]){"/retry", NULL},
+                                      &retry)) >= 0) {
         allow = retry ? "POST" : "GET";
         if (retry && is_post)
             run = wh__admin_retry;
@@ -1120,7 +1088,9 @@ static void wh__serve_admin(wh_server_t *s, wh__thread_t *t, h2o_req_t *req, h2o
             run = wh__admin_outbox_list;
             bad_query = wh__admin_outbox_query(req, &query);
         }
-    } else if ((id = wh__admin_outbox_id(path, &action)) >= 0) {
+    } else if ((id = wh__admin_id_path(path, "/api/outbox/",
+                                      (const char *const[]){"/retry", "/drop", NULL},
+                                      &action)) >= 0) {
         allow = action == 0 ? "GET" : "POST";
         if (action == 0 && is_get)
             run = wh__admin_outbox_show;
